@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Set-up and chores for gbatch, needing nothing but Python 3.11+.
+
+    python3 dev.py demo    the example manifests through the local emulator into DuckDB
+    python3 dev.py test    lint, format check, type check, import contracts, the test suite
+
+Each command first makes ./.venv and installs the project into it (only when pyproject.toml
+changed since the last install), so a fresh clone needs no other step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".installed"
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("gbatch needs Python 3.11 or newer")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    if not (BIN / "python").exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("installing gbatch and its dev tools into .venv ...", flush=True)
+    run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"])
+    STAMP.write_text(wanted)
+
+
+def run(command: list[str], **kwargs: object) -> None:
+    print("+ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+
+
+def test(extra: list[str]) -> None:
+    ensure_venv()
+    run([str(BIN / "ruff"), "check", "runner", "tests", "bench", "dev.py"])
+    run([str(BIN / "ruff"), "format", "--check", "runner", "tests", "bench", "dev.py"])
+    run([str(BIN / "mypy"), "runner"])
+    run([str(BIN / "lint-imports")])
+    run([str(BIN / "pytest"), "-q", *extra])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo() -> None:
+    """Serve the emulator, apply the example manifests with --wait, show status and answers."""
+    ensure_venv()
+    out = ROOT / "demo-output"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "GEMINI_API_KEY": "demo-key-for-the-local-emulator",
+        "GOOGLE_GEMINI_BASE_URL": f"http://127.0.0.1:{port}",
+        "GBATCH_DB": str(out / "results.duckdb"),
+        "GBATCH_STATE_DIR": str(out / "state"),
+        "GBATCH_POLL_INTERVAL_S": "1",
+    }
+    gbatch = str(BIN / "gbatch")
+    log = tempfile.TemporaryFile()
+    emulator = subprocess.Popen(
+        [gbatch, "emulator", "--port", str(port), "--data-dir", str(out / "emulator")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or emulator.poll() is not None:
+                    log.seek(0)
+                    sys.exit("the emulator did not start:\n" + log.read().decode())
+                time.sleep(0.1)
+        run([gbatch, "validate", "manifests"], env=env)
+        run([gbatch, "plan", "manifests"], env=env)
+        run([gbatch, "apply", "manifests", "--wait"], env=env)
+        run([gbatch, "status"], env=env)
+        run([gbatch, "query", "select key, status, text, output_tokens, cost_usd "
+             "from seed_requests order by key"], env=env)
+        run([gbatch, "query", "select sku, title, bullets[1] as first_bullet, cost_usd "
+             "from product_copy order by sku limit 5"], env=env)
+        print(f"\nResults: {out / 'results.duckdb'}  (try: duckdb -readonly {out / 'results.duckdb'})")
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+
+
+def main() -> None:
+    command, *extra = sys.argv[1:] or ["help"]
+    if command == "test":
+        test(extra)
+    elif command == "demo":
+        demo()
+    else:
+        print(__doc__)
+        sys.exit(0 if command == "help" else 2)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.CalledProcessError as exc:
+        sys.exit(exc.returncode)

@@ -1,0 +1,300 @@
+"""The request ledger: which (key, request hash) pairs were answered, failed or are in flight.
+
+Set work over Parquet files in the state directory, done by an in-memory DuckDB connection:
+no database file is held, so planning never waits on the results database. Files:
+
+- ``sets/<manifest>/<set digest>.parquet``  every request of a manifest version (data plane)
+- ``jobs/<intent>.parquet``                 the rows one job carries (key, hash, source cols)
+- ``ledger/<manifest>/<job id>.parquet``    outcome per row of a finished job
+
+Called by the engine's reconcile (diff, chunk) and follow (record_outcome) steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+# Per-line error codes that the same request will hit again: not worth paying for twice.
+PERMANENT_CODES = (400, 401, 403, 404)
+
+
+@dataclass(frozen=True)
+class RowDiff:
+    """How a manifest version's requests relate to what was already paid for."""
+
+    total: int
+    unchanged: int
+    in_flight: int
+    new: int
+    changed: int
+    retry: int
+    exhausted: int
+    removed: int
+    submit_requests: int
+    submit_bytes: int
+    submit_chars: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One job's worth of requests, written to ``path``."""
+
+    path: Path
+    digest: str
+    requests: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: int
+    failed: int
+    missing: int
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("set preserve_insertion_order = false")
+    return con
+
+
+def _files(paths: list[Path]) -> str:
+    return "[" + ", ".join(_literal(str(p)) for p in paths) + "]"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _atomic_copy(con: duckdb.DuckDBPyConnection, select: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    con.execute(f"copy ({select}) to {_literal(str(partial))} (format parquet)")
+    os.replace(partial, out)
+
+
+def diff(
+    *,
+    desired: Path,
+    ledger_dir: Path,
+    in_flight: list[Path],
+    previous: Path | None,
+    retries: int,
+    out: Path,
+) -> RowDiff:
+    """Compare ``desired`` with the ledger; write the rows to submit (ordered by key) to ``out``.
+
+    unchanged: answered before with the same hash; in_flight: carried by a live job; retry:
+    failed before, retryable and under ``retries`` attempts; exhausted: failed too often or
+    permanently; new / changed: never sent (changed when the key had another hash before).
+    """
+    con = _connect()
+    ledger_files = sorted(ledger_dir.glob("*.parquet")) if ledger_dir.is_dir() else []
+    con.execute(
+        "create table l as "
+        + (
+            f"select key, request_hash, status, retryable from read_parquet({_files(ledger_files)})"
+            if ledger_files
+            else "select ''::varchar key, ''::varchar request_hash, ''::varchar status, "
+            "false retryable where false"
+        )
+    )
+    flight = [p for p in in_flight if p.exists()]
+    con.execute(
+        "create table f as "
+        + (
+            f"select distinct key, request_hash from read_parquet({_files(flight)})"
+            if flight
+            else "select ''::varchar key, ''::varchar request_hash where false"
+        )
+    )
+    prev_select = (
+        f"select key from read_parquet({_literal(str(previous))})"
+        if previous is not None and previous.exists()
+        else "select ''::varchar key where false"
+    )
+    con.execute(
+        f"""
+        create table d as
+        with answered as (select distinct key, request_hash from l where status = 'succeeded'),
+        failures as (
+            select key, request_hash, count(*) n, bool_and(retryable) retryable
+            from l where status = 'failed' group by key, request_hash
+        ),
+        known as (select distinct key from l union select key from ({prev_select}))
+        select d.key, d.request_hash, d.request_bytes, length(d.request) request_chars,
+            case
+                when a.key is not null then 'unchanged'
+                when f.key is not null then 'in_flight'
+                when x.key is not null and (not x.retryable or x.n > {int(retries)})
+                    then 'exhausted'
+                when x.key is not null then 'retry'
+                when k.key is not null then 'changed'
+                else 'new'
+            end as verdict
+        from read_parquet({_literal(str(desired))}) d
+        left join answered a using (key, request_hash)
+        left join f using (key, request_hash)
+        left join failures x using (key, request_hash)
+        left join known k using (key)
+        """
+    )
+    counts = dict(con.execute("select verdict, count(*) from d group by verdict").fetchall())
+    removed = con.execute(
+        f"select count(*) from ({prev_select}) p anti join d using (key)"
+    ).fetchone()
+    submit = "verdict in ('new', 'changed', 'retry')"
+    totals = con.execute(
+        f"select count(*), coalesce(sum(request_bytes), 0), coalesce(sum(request_chars), 0) "
+        f"from d where {submit}"
+    ).fetchone()
+    assert totals is not None and removed is not None
+    _atomic_copy(
+        con,
+        f"select key, request_hash, request_bytes from d where {submit} order by key",
+        out,
+    )
+    con.close()
+    return RowDiff(
+        total=sum(counts.values()),
+        unchanged=counts.get("unchanged", 0),
+        in_flight=counts.get("in_flight", 0),
+        new=counts.get("new", 0),
+        changed=counts.get("changed", 0),
+        retry=counts.get("retry", 0),
+        exhausted=counts.get("exhausted", 0),
+        removed=int(removed[0]),
+        submit_requests=int(totals[0]),
+        submit_bytes=int(totals[1]),
+        submit_chars=int(totals[2]),
+    )
+
+
+def chunk(
+    *, desired: Path, to_submit: Path, max_requests: int, max_bytes: int, out_dir: Path
+) -> list[Chunk]:
+    """Split the rows to submit into jobs under both limits; one Parquet file per job.
+
+    Each file holds the desired rows (request JSON and source columns), so a job can be
+    written, resubmitted and ingested from it alone; its name is the digest of its
+    (key, hash) pairs, so the same split is the same file.
+    """
+    con = _connect()
+    con.execute(
+        f"""
+        create table s as
+        select key, greatest(
+                (row_number() over w - 1) // {int(max_requests)},
+                (sum(request_bytes + length(key) + 20) over w - 1) // {int(max_bytes)}
+            ) as chunk
+        from read_parquet({_literal(str(to_submit))})
+        window w as (order by key rows between unbounded preceding and current row)
+        """
+    )
+    groups = con.execute(
+        "select chunk, sha256(string_agg(key || chr(9) || request_hash, chr(10) order by key)), "
+        "count(*), sum(request_bytes) from s join read_parquet("
+        + _literal(str(to_submit))
+        + ") using (key) group by chunk order by chunk"
+    ).fetchall()
+    chunks = []
+    for number, digest, requests, size in groups:
+        path = out_dir / f"{digest}.parquet"
+        if not path.exists():
+            _atomic_copy(
+                con,
+                f"select * from read_parquet({_literal(str(desired))}) "
+                f"where key in (select key from s where chunk = {int(number)})",
+                path,
+            )
+        chunks.append(Chunk(path=path, digest=str(digest), requests=int(requests), bytes=int(size)))
+    con.close()
+    return chunks
+
+
+def set_digest(path: Path) -> str:
+    """A digest of a request set's (key, hash) pairs: equal sets, equal digests."""
+    con = _connect()
+    row = con.execute(
+        "select sha256(coalesce(string_agg(key || chr(9) || request_hash, chr(10) order by key),"
+        f" '')) from read_parquet({_literal(str(path))})"
+    ).fetchone()
+    con.close()
+    assert row is not None
+    return str(row[0])
+
+
+def record_outcome(
+    *, job_requests: Path, result_file: Path | None, job_error: str | None, out: Path
+) -> Outcome:
+    """Write the ledger rows of a finished job: one per requested key.
+
+    Lines with a response are succeeded; an error line is failed (retryable unless its code
+    is permanent); a requested key with no line (truncated file, failed or expired job) is
+    failed and retryable.
+    """
+    con = _connect()
+    if result_file is not None and result_file.exists() and result_file.stat().st_size > 0:
+        lines = (
+            f"select key::varchar key, response is not null and error is null ok, "
+            f"try_cast(json_extract(error, '$.code') as integer) code "
+            f"from read_json({_literal(str(result_file))}, format='newline_delimited', "
+            "columns={'key': 'VARCHAR', 'response': 'JSON', 'error': 'JSON'}, ignore_errors=true)"
+        )
+    else:
+        lines = "select ''::varchar key, false ok, 0 code where false"
+    permanent = ", ".join(str(c) for c in PERMANENT_CODES)
+    reason = json.dumps(job_error) if job_error else None
+    _atomic_copy(
+        con,
+        f"""
+        select r.key, r.request_hash,
+            case when bool_or(x.ok) then 'succeeded' else 'failed' end status,
+            not bool_or(coalesce(x.code in ({permanent}), false)) retryable,
+            case when count(x.key) = 0 then {_literal(reason or "no result line")}
+                 else null end reason
+        from read_parquet({_literal(str(job_requests))}) r
+        left join ({lines}) x on x.key = r.key
+        group by r.key, r.request_hash
+        """,
+        out,
+    )
+    row = con.execute(
+        "select count(*) filter (status = 'succeeded'), count(*) filter (status = 'failed'), "
+        f"count(*) filter (reason is not null) from read_parquet({_literal(str(out))})"
+    ).fetchone()
+    con.close()
+    assert row is not None
+    return Outcome(succeeded=int(row[0]), failed=int(row[1]), missing=int(row[2]))
+
+
+def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
+    """Up to ``limit`` request JSON texts among the rows to submit (for countTokens)."""
+    con = _connect()
+    rows = con.execute(
+        f"select d.request from read_parquet({_literal(str(desired))}) d "
+        f"semi join read_parquet({_literal(str(to_submit))}) s using (key) "
+        f"order by d.key limit {int(limit)}"
+    ).fetchall()
+    con.close()
+    return [str(r[0]) for r in rows]
+
+
+def failed_job_lines(*, job_requests: Path, message: str, status: str, out: Path) -> None:
+    """Result lines for a job that produced none (FAILED, EXPIRED, CANCELLED): one error each."""
+    con = _connect()
+    error = json.dumps({"code": 0, "message": message, "status": status})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    con.execute(
+        f"copy (select key, {_literal(error)}::json as error "
+        f"from read_parquet({_literal(str(job_requests))})) "
+        f"to {_literal(str(partial))} (format json)"
+    )
+    con.close()
+    os.replace(partial, out)

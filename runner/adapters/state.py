@@ -1,0 +1,297 @@
+"""The runner's own state: a SQLite file of manifests, jobs and events, plus a process lock.
+
+Apart from the results database on purpose: SQLite in WAL mode lets ``status`` and ``query``
+read while a daemon writes, and users holding the results file open never block submissions.
+Every remote side effect is recorded here as soon as it happens (intent before create, file
+name right after upload, job name right after create). Migrations are ordered and recorded.
+Called by the engine and the CLI (status, query).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from runner.errors import LockedError, StoreError
+
+MIGRATIONS = (
+    """
+    create table manifests (
+        name text primary key,
+        path text not null,
+        table_name text not null,
+        model text not null,
+        digest text not null,
+        commit_sha text,
+        request_set text,
+        set_digest text,
+        requests integer not null default 0,
+        status text not null default 'ok',
+        last_error text,
+        updated_at text not null
+    );
+    create table jobs (
+        id integer primary key,
+        intent text not null unique,
+        manifest text not null,
+        digest text not null,
+        commit_sha text,
+        display_name text not null,
+        model text not null,
+        request_file text not null,
+        requests integer not null,
+        bytes integer not null,
+        phase text not null,
+        remote_name text,
+        remote_state text,
+        input_file text,
+        inline integer not null default 0,
+        succeeded integer not null default 0,
+        failed integer not null default 0,
+        cost_usd real,
+        error text,
+        created_at text not null,
+        updated_at text not null
+    );
+    create index jobs_by_manifest on jobs (manifest, phase);
+    create table events (
+        id integer primary key,
+        at text not null,
+        manifest text,
+        job integer,
+        kind text not null,
+        message text not null
+    );
+    """,
+)
+
+# Local progress of a job, in order. Terminal phases: ingested, abandoned.
+PHASES = ("planned", "uploaded", "submitting", "submitted", "downloaded", "ingested", "abandoned")
+LIVE_PHASES = ("planned", "uploaded", "submitting", "submitted", "downloaded")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    intent: str
+    manifest: str
+    digest: str
+    commit_sha: str | None
+    display_name: str
+    model: str
+    request_file: str
+    requests: int
+    bytes: int
+    phase: str
+    remote_name: str | None
+    remote_state: str | None
+    input_file: str | None
+    inline: int
+    succeeded: int
+    failed: int
+    cost_usd: float | None
+    error: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    name: str
+    path: str
+    table_name: str
+    model: str
+    digest: str
+    commit_sha: str | None
+    request_set: str | None
+    set_digest: str | None
+    requests: int
+    status: str
+    last_error: str | None
+    updated_at: str
+
+
+_JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+_MANIFEST_COLUMNS = ", ".join(f.name for f in fields(ManifestRow))
+
+
+class StateStore:
+    """Bookkeeping in ``<state_dir>/state.sqlite``; short transactions, many readers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db.execute("pragma journal_mode=wal")
+            self._db.execute("pragma synchronous=full")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        self._db.execute("create table if not exists migrations (id integer primary key, at text)")
+        done = {row[0] for row in self._db.execute("select id from migrations")}
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number in done:
+                continue
+            with self.transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("insert into migrations values (?, ?)", (number, now()))
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("begin immediate")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("rollback")
+                raise
+            self._db.execute("commit")
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+
+    # -- manifests ---------------------------------------------------------------------------
+    def upsert_manifest(self, **values: Any) -> None:
+        values.setdefault("updated_at", now())
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "name")
+        with self.transaction() as db:
+            db.execute(
+                f"insert into manifests ({columns}) values ({marks}) "
+                f"on conflict(name) do update set {updates}",
+                tuple(values.values()),
+            )
+
+    def update_manifest(self, name: str, **values: Any) -> None:
+        values["updated_at"] = now()
+        assignments = ", ".join(f"{c} = ?" for c in values)
+        with self.transaction() as db:
+            db.execute(f"update manifests set {assignments} where name = ?", (*values.values(), name))
+
+    def manifest(self, name: str) -> ManifestRow | None:
+        row = self._db.execute(
+            f"select {_MANIFEST_COLUMNS} from manifests where name = ?", (name,)
+        ).fetchone()
+        return ManifestRow(*row) if row else None
+
+    def manifests(self) -> list[ManifestRow]:
+        rows = self._db.execute(f"select {_MANIFEST_COLUMNS} from manifests order by name")
+        return [ManifestRow(*row) for row in rows]
+
+    # -- jobs --------------------------------------------------------------------------------
+    def add_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """Record intents (phase ``planned``) in one transaction; known intents are kept."""
+        stamp = now()
+        with self.transaction() as db:
+            for job in jobs:
+                values = {**job, "phase": "planned", "created_at": stamp, "updated_at": stamp}
+                columns = ", ".join(values)
+                marks = ", ".join("?" for _ in values)
+                db.execute(
+                    f"insert into jobs ({columns}) values ({marks}) on conflict(intent) do nothing",
+                    tuple(values.values()),
+                )
+
+    def update_job(self, job_id: int, **values: Any) -> None:
+        values["updated_at"] = now()
+        assignments = ", ".join(f"{c} = ?" for c in values)
+        with self.transaction() as db:
+            db.execute(f"update jobs set {assignments} where id = ?", (*values.values(), job_id))
+
+    def job(self, job_id: int) -> JobRow:
+        row = self._db.execute(f"select {_JOB_COLUMNS} from jobs where id = ?", (job_id,))
+        found = row.fetchone()
+        if found is None:
+            raise StoreError(f"no job {job_id}")
+        return JobRow(*found)
+
+    def jobs(self, *, manifest: str | None = None, live: bool | None = None) -> list[JobRow]:
+        where, args = [], []
+        if manifest is not None:
+            where.append("manifest = ?")
+            args.append(manifest)
+        if live is not None:
+            marks = ", ".join("?" for _ in LIVE_PHASES)
+            where.append(f"phase {'in' if live else 'not in'} ({marks})")
+            args.extend(LIVE_PHASES)
+        clause = f"where {' and '.join(where)}" if where else ""
+        rows = self._db.execute(f"select {_JOB_COLUMNS} from jobs {clause} order by id", args)
+        return [JobRow(*row) for row in rows]
+
+    # -- events ------------------------------------------------------------------------------
+    def event(
+        self, kind: str, message: str, *, manifest: str | None = None, job: int | None = None
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "insert into events (at, manifest, job, kind, message) values (?, ?, ?, ?, ?)",
+                (now(), manifest, job, kind, message),
+            )
+
+    def tables(self) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+        """The bookkeeping tables as (columns, rows), for ``gbatch query``."""
+        result = {}
+        for table in ("manifests", "jobs", "events"):
+            cursor = self._db.execute(f"select * from {table}")
+            result[f"gbatch_{table}"] = ([d[0] for d in cursor.description], cursor.fetchall())
+        return result
+
+
+class ProcessLock:
+    """An exclusive flock on ``<state_dir>/lock``: one apply or daemon per state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "lock"
+        self._file: TextIO | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LockedError(
+                f"{self.path.parent} is in use by {holder}; one gbatch apply or watch per "
+                "state directory (set GBATCH_STATE_DIR for another)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "since": now()}))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ProcessLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,217 @@
+"""The CLI's commands: each wires a Runtime, calls the engine, prints, returns an exit code.
+
+Thin on purpose: decisions live in the engine and the core. Called by ``runner.cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from runner.adapters import results
+from runner.adapters.gemini import GeminiBackend
+from runner.adapters.state import ProcessLock, StateStore
+from runner.cli import render
+from runner.core.loader import LoadedManifest
+from runner.core.manifest import json_schema
+from runner.core.pricing import load_prices
+from runner.engine import follow, reconcile, submit
+from runner.engine.runtime import Runtime
+from runner.engine.validate import validate
+from runner.errors import GbatchError, ManifestError, ManifestErrors
+from runner.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_WAIT_ROUNDS = 20  # plan -> run -> ingest rounds in one apply --wait (retries need rounds)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {"log_format": args.log_format} if args.log_format else {}
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+@contextmanager
+def runtime(settings: Settings, *, work_dir: Path | None = None) -> Iterator[Runtime]:
+    state = StateStore(settings.state_db)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if not key:
+        raise GbatchError(
+            "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY); for the local emulator any "
+            "value works"
+        )
+    backend = GeminiBackend(
+        api_key=key,
+        base_url=settings.base_url,
+        api_version=settings.api_version,
+        timeout_s=settings.http_timeout_s,
+    )
+    try:
+        yield Runtime(
+            settings=settings,
+            state=state,
+            backend=backend,
+            prices=load_prices(settings.prices_file),
+            work_dir=work_dir or settings.state_dir,
+        )
+    finally:
+        state.close()
+
+
+def _validated(paths: list[Path]) -> list[LoadedManifest]:
+    loaded, errors = validate(paths)
+    if errors:
+        raise ManifestErrors(errors)
+    return loaded
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    loaded, errors = validate(args.paths)
+    for error in sorted(errors, key=str):
+        print(error, file=sys.stderr)
+    for item in loaded:
+        print(f"ok   {item.path}: {item.manifest.name} -> table {item.manifest.table}")
+    if errors:
+        print(f"{len(errors)} problem(s) in the manifests", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    loaded = _validated(args.paths)
+    with tempfile.TemporaryDirectory(prefix="gbatch-plan-") as scratch, runtime(
+        settings, work_dir=Path(scratch)
+    ) as rt:
+        plans = [
+            reconcile.plan_manifest(rt, item, count_tokens=not args.no_count_tokens)
+            for item in loaded
+        ]
+        print(render.plan(plans))
+    return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    loaded = _validated(args.paths)
+    by_name = {item.manifest.name: item for item in loaded}
+    with ProcessLock(settings.state_dir), runtime(settings) as rt:
+        started = time.monotonic()
+        for _round in range(MAX_WAIT_ROUNDS):
+            plans = [reconcile.apply_manifest(rt, item) for item in loaded]
+            report = submit.submit_pending(rt, manifests=set(by_name))
+            print(render.plan(plans))
+            if not args.wait:
+                print(
+                    f"created {report.created} job(s), adopted {report.adopted}, "
+                    f"waiting {report.waiting}; `gbatch status` follows them"
+                )
+                return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
+            _wait(rt, by_name, started, resubmit=lambda: submit.submit_pending(
+                rt, manifests=set(by_name)))
+            if not any(p.diff.submit_requests and not p.blocked for p in plans):
+                break
+        print()
+        print(render.status(rt.state.manifests(), rt.state.jobs()))
+        failed = any(j.phase == "abandoned" for j in rt.state.jobs())
+        return EXIT_FAILED if failed or any(p.blocked for p in plans) else EXIT_OK
+
+
+def _wait(
+    rt: Runtime,
+    manifests: dict[str, LoadedManifest],
+    started: float,
+    *,
+    resubmit: Callable[[], submit.SubmitReport],
+) -> None:
+    """Poll until none of these manifests' jobs is live, printing a progress line."""
+    interval = rt.settings.poll_interval_s
+    while True:
+        report = follow.follow_once(rt, manifests)
+        own = [j for j in rt.state.jobs() if j.manifest in manifests]
+        live = [j for j in own if j.phase not in ("ingested", "abandoned")]
+        _progress(own, live, started)
+        if not live:
+            sys.stderr.write("\n")
+            return
+        if any(j.phase in ("planned", "uploaded", "submitting") for j in live):
+            resubmit()
+        if report.ingested == 0:
+            time.sleep(interval)
+
+
+def _progress(own: list, live: list, started: float) -> None:  # type: ignore[type-arg]
+    done = len(own) - len(live)
+    requests = sum(j.requests for j in own)
+    answered = sum(j.succeeded + j.failed for j in own)
+    cost = sum(j.cost_usd or 0.0 for j in own)
+    elapsed = int(time.monotonic() - started)
+    line = (
+        f"[{elapsed // 60:02d}:{elapsed % 60:02d}] jobs {done}/{len(own)} done · "
+        f"requests {answered}/{requests} answered · cost so far {render.money(cost)}"
+    )
+    end = "\r" if sys.stderr.isatty() else "\n"
+    sys.stderr.write(line + end)
+    sys.stderr.flush()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    state = StateStore(settings.state_db)
+    try:
+        manifests, jobs = state.manifests(), state.jobs()
+    finally:
+        state.close()
+    if not manifests:
+        print(f"no manifests applied yet (state: {settings.state_dir})")
+        return EXIT_OK
+    print(render.status(manifests, jobs))
+    if args.jobs:
+        print()
+        print(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    state = StateStore(settings.state_db)
+    try:
+        extra = state.tables()
+    finally:
+        state.close()
+    columns, rows = results.run_query(settings.db, args.sql, extra_tables=extra)
+    formatter = {"table": render.table, "csv": render.as_csv, "json": render.as_json}
+    print(formatter[args.format](columns, rows))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.emulator import EmulatorConfig, serve_forever  # only this command needs it
+
+    config = EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        pending_seconds=args.pending_seconds,
+        running_seconds=args.running_seconds,
+    )
+    print(f"gbatch emulator on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    serve_forever(config)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "status": cmd_status,
+    "query": cmd_query,
+    "schema": cmd_schema,
+    "emulator": cmd_emulator,
+}

@@ -1,0 +1,43 @@
+"""The ports: what the engine needs from the outside world, as Protocols.
+
+Adapters implement them (``runner.adapters.gemini.GeminiBackend``); tests may pass fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner.core.jobs import RemoteJob
+
+
+class Backend(Protocol):
+    """The Gemini Batch API, reduced to the calls gbatch makes."""
+
+    def upload_jsonl(self, path: Path, *, display_name: str) -> str:
+        """Upload a request file; returns its ``files/...`` name."""
+        ...
+
+    def create_job(
+        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+    ) -> RemoteJob:
+        """Create a batch job from an uploaded file or from a small local JSONL sent inline.
+
+        Never retried here: an unclear outcome raises UnclearCreateError.
+        """
+        ...
+
+    def list_jobs(self, *, max_pages: int | None = None) -> Iterator[RemoteJob]:
+        """Jobs, newest first, page by page."""
+        ...
+
+    def get_job(self, name: str) -> RemoteJob: ...
+
+    def cancel_job(self, name: str) -> None: ...
+
+    def download_results(self, job: RemoteJob, dest: Path) -> None:
+        """Write the job's result lines (``{"key", "response"|"error"}``) to ``dest``."""
+        ...
+
+    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...

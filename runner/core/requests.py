@@ -1,0 +1,108 @@
+"""The shape of one GenerateContentRequest built from a manifest, and the request hash.
+
+Everything but the user text is the same for every row of a manifest, so the request is
+``prefix + json(text) + suffix``: the data plane renders and escapes the text inside DuckDB
+and glues these constant strings around it. Called by the data plane and the planner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from runner.core.manifest import Manifest
+
+CACHE_PLACEHOLDER = "cachedContents/__gbatch_cache__"
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """The constant parts of every templated request of one manifest version."""
+
+    prefix: str
+    suffix: str
+    salt: str
+
+    def render(self, text: str) -> str:
+        """One request's JSON for a rendered prompt (the slow path: tests and small sets)."""
+        return self.prefix + json.dumps(text, ensure_ascii=False) + self.suffix
+
+
+def request_fields(manifest: Manifest) -> dict[str, Any]:
+    """The request's fields other than ``contents``, camelCase as on the wire."""
+    spec = manifest.spec
+    fields: dict[str, Any] = {}
+    uses_cache = spec.cache is not None
+    if spec.prompt and spec.prompt.system and not uses_cache:
+        fields["systemInstruction"] = {"parts": [{"text": spec.prompt.system}]}
+    tools = tool_list(manifest)
+    if tools and not uses_cache:
+        fields["tools"] = tools
+    generation = generation_config(manifest)
+    if generation:
+        fields["generationConfig"] = generation
+    if uses_cache:
+        fields["cachedContent"] = CACHE_PLACEHOLDER
+    return fields
+
+
+def tool_list(manifest: Manifest) -> list[dict[str, Any]]:
+    """The manifest's tools as the API's ``tools`` list."""
+    declared = manifest.spec.tools
+    tools: list[dict[str, Any]] = []
+    if declared.google_search:
+        tools.append({"googleSearch": {}})
+    if declared.url_context:
+        tools.append({"urlContext": {}})
+    if declared.code_execution:
+        tools.append({"codeExecution": {}})
+    if declared.functions:
+        tools.append({"functionDeclarations": list(declared.functions)})
+    return tools
+
+
+def generation_config(manifest: Manifest) -> dict[str, Any]:
+    """``generationConfig`` from the generation block and the output schema."""
+    gen = manifest.spec.generation
+    config: dict[str, Any] = {}
+    for field, wire in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("max_output_tokens", "maxOutputTokens"),
+        ("stop_sequences", "stopSequences"),
+        ("seed", "seed"),
+    ):
+        value = getattr(gen, field)
+        if value is not None:
+            config[wire] = value
+    if gen.thinking_budget is not None:
+        config["thinkingConfig"] = {"thinkingBudget": gen.thinking_budget}
+    if manifest.spec.output_schema is not None:
+        config["responseMimeType"] = "application/json"
+        config["responseJsonSchema"] = manifest.spec.output_schema
+    return config
+
+
+def request_shape(manifest: Manifest, *, cache_digest: str = "") -> RequestShape:
+    """Prefix, suffix and hash salt of a templated manifest's requests.
+
+    ``cache_digest`` is the content hash of the cache (not its remote name), so a recreated
+    cache with the same content keeps every request hash.
+    """
+    rest = json.dumps(request_fields(manifest), ensure_ascii=False, separators=(",", ":"))
+    prefix = '{"contents":[{"role":"user","parts":[{"text":'
+    suffix = "}]}]" + ("," + rest[1:] if rest != "{}" else "}")
+    return RequestShape(prefix=prefix, suffix=suffix, salt=hash_salt(manifest, cache_digest))
+
+
+def hash_salt(manifest: Manifest, cache_digest: str = "") -> str:
+    """What besides the request JSON shapes an answer: the model and the cache's content."""
+    return f"{manifest.spec.model_id}\n{cache_digest}\n"
+
+
+def request_hash(salt: str, request_json: str) -> str:
+    """The content hash of one request (hex sha256); equal to DuckDB's ``sha256(salt || json)``."""
+    return hashlib.sha256((salt + request_json).encode()).hexdigest()

@@ -1,0 +1,236 @@
+"""Reconcile one manifest: build its request set, diff it against the ledger, plan jobs.
+
+``plan_manifest`` only computes (in a scratch directory when ``dry_run``); ``apply_manifest``
+also records the manifest version and one intent per job, then hands the intents to
+``runner.engine.submit``. Called by the CLI's plan / apply and by the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.adapters import ledger, results, sources
+from runner.core.loader import LoadedManifest
+from runner.engine.runtime import Runtime, log
+from runner.engine.validate import locate
+from runner.errors import BackendError, ManifestError, StoreBusyError
+
+COUNT_TOKENS_SAMPLE = 5
+ASSUMED_OUTPUT_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Estimate:
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    basis: str  # how input tokens were counted: "countTokens sample of N" or "estimate"
+
+
+@dataclass(frozen=True)
+class ManifestPlan:
+    name: str
+    table: str
+    model: str
+    version: str
+    diff: ledger.RowDiff
+    jobs: list[ledger.Chunk]
+    estimate: Estimate
+    spent_usd: float
+    desired: Path
+    set_digest: str
+    blocked: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def version_of(loaded: LoadedManifest) -> str:
+    return loaded.digest[:12]
+
+
+def plan_manifest(rt: Runtime, loaded: LoadedManifest, *, count_tokens: bool = True) -> ManifestPlan:
+    """What applying ``loaded`` would submit, with estimates. Writes only under ``rt.work_dir``."""
+    manifest = loaded.manifest
+    name = manifest.name
+    sets = rt.sets_dir(name)
+    sets.mkdir(parents=True, exist_ok=True)
+    building = sets / "building.parquet"
+    try:
+        built = sources.build_requests(
+            manifest, base_dir=loaded.base_dir, root=loaded.root, out=building
+        )
+    except ManifestError as exc:
+        raise locate(loaded, exc) from exc
+    set_digest = ledger.set_digest(building)
+    desired = sets / f"{set_digest}.parquet"
+    building.replace(desired)
+
+    previous_row = rt.state.manifest(name)
+    previous = Path(previous_row.request_set) if previous_row and previous_row.request_set else None
+    live = rt.state.jobs(manifest=name, live=True)
+    to_submit = sets / "to_submit.parquet"
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=rt.ledger_dir(name),
+        in_flight=[Path(job.request_file) for job in live],
+        previous=previous,
+        retries=manifest.spec.policy.retries,
+        out=to_submit,
+    )
+    limit = manifest.spec.policy.max_requests_per_job or rt.settings.max_requests_per_job
+    chunks = (
+        ledger.chunk(
+            desired=desired,
+            to_submit=to_submit,
+            max_requests=limit,
+            max_bytes=rt.settings.max_job_bytes,
+            out_dir=rt.jobs_dir(),
+        )
+        if diff.submit_requests
+        else []
+    )
+    estimate = _estimate(rt, loaded, diff, desired, to_submit, count_tokens=count_tokens)
+    spent = sum(job.cost_usd or 0.0 for job in rt.state.jobs(manifest=name))
+    blocked = None
+    cap = manifest.spec.policy.max_cost_usd
+    if cap is not None and estimate.cost_usd is not None and spent + estimate.cost_usd > cap:
+        blocked = (
+            f"estimated cost ${estimate.cost_usd:.4f} plus ${spent:.4f} already spent exceeds "
+            f"policy.max_cost_usd ${cap:.2f}; nothing submitted"
+        )
+    notes = []
+    if rt.prices.for_model(manifest.spec.model) is None:
+        notes.append(f"no price known for {manifest.spec.model_id}: costs unknown")
+    return ManifestPlan(
+        name=name,
+        table=manifest.table,
+        model=manifest.spec.model_id,
+        version=version_of(loaded),
+        diff=diff,
+        jobs=chunks,
+        estimate=estimate,
+        spent_usd=spent,
+        desired=desired,
+        set_digest=set_digest,
+        blocked=blocked,
+        notes=notes,
+    )
+
+
+def _estimate(
+    rt: Runtime,
+    loaded: LoadedManifest,
+    diff: ledger.RowDiff,
+    desired: Path,
+    to_submit: Path,
+    *,
+    count_tokens: bool,
+) -> Estimate:
+    """Input tokens from countTokens on a sample (scaled by characters), else chars / 4."""
+    spec = loaded.manifest.spec
+    tokens_per_char = 0.25
+    basis = "estimate (characters / 4)"
+    if count_tokens and diff.submit_requests:
+        try:
+            sample = ledger.sample_requests(
+                desired=desired, to_submit=to_submit, limit=COUNT_TOKENS_SAMPLE
+            )
+            counted = sum(
+                rt.backend.count_tokens(model=spec.model_id, contents=json.loads(r)["contents"])
+                for r in sample
+            )
+            chars = sum(len(json.dumps(json.loads(r)["contents"])) for r in sample)
+            if counted and chars:
+                tokens_per_char = counted / chars
+                basis = f"countTokens on {len(sample)} requests, scaled by characters"
+        except BackendError as exc:
+            log.info("countTokens unavailable (%s); estimating", exc)
+    input_tokens = int(diff.submit_chars * tokens_per_char)
+    per_request = spec.generation.max_output_tokens or ASSUMED_OUTPUT_TOKENS
+    output_tokens = per_request * diff.submit_requests
+    price = rt.prices.for_model(spec.model)
+    cost = price.cost(prompt=input_tokens, output=output_tokens) if price else None
+    return Estimate(input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
+                    basis=basis)
+
+
+def intent_of(manifest: str, chunk_digest: str, generation: int) -> str:
+    """The durable identity of one job; its display name carries it, so it can be found."""
+    return hashlib.sha256(f"{manifest}\n{chunk_digest}\n{generation}".encode()).hexdigest()
+
+
+def display_name(manifest: str, intent: str) -> str:
+    return f"gbatch-{manifest}-{intent[:16]}"
+
+
+def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
+    """Plan, then record the version and the job intents (durably, before any create)."""
+    plan = plan_manifest(rt, loaded)
+    manifest = loaded.manifest
+    previous = rt.state.manifest(plan.name)
+    rt.state.upsert_manifest(
+        name=plan.name,
+        path=str(loaded.path),
+        table_name=plan.table,
+        model=plan.model,
+        digest=loaded.digest,
+        commit_sha=rt.commit,
+        request_set=str(plan.desired),
+        set_digest=plan.set_digest,
+        requests=plan.diff.total,
+        status="blocked" if plan.blocked else "ok",
+        last_error=plan.blocked,
+    )
+    if previous is None or previous.set_digest != plan.set_digest:
+        rt.state.event("version", f"version {plan.version}: {_counts(plan)}", manifest=plan.name)
+        show_current(rt, plan.name, plan.table, plan.desired, manifest.spec.output_schema)
+    if plan.blocked:
+        rt.state.event("blocked", plan.blocked, manifest=plan.name)
+        log.warning("%s: %s", plan.name, plan.blocked)
+        return plan
+    intents = []
+    for chunk in plan.jobs:
+        earlier = sum(
+            1 for job in rt.state.jobs(manifest=plan.name) if job.request_file == str(chunk.path)
+        )
+        intent = intent_of(plan.name, chunk.digest, earlier)
+        intents.append(
+            {
+                "intent": intent,
+                "manifest": plan.name,
+                "digest": loaded.digest,
+                "commit_sha": rt.commit,
+                "display_name": display_name(plan.name, intent),
+                "model": plan.model,
+                "request_file": str(chunk.path),
+                "requests": chunk.requests,
+                "bytes": chunk.bytes,
+            }
+        )
+    if intents:
+        rt.state.add_jobs(intents)
+        rt.state.event("planned", f"{len(intents)} job(s): {_counts(plan)}", manifest=plan.name)
+    return plan
+
+
+def show_current(
+    rt: Runtime, name: str, table: str, desired: Path, output_schema: dict[str, object] | None
+) -> None:
+    """Make the results table show this version; a busy results file is retried later."""
+    try:
+        results.show_current(
+            results_db=rt.results_db, table=table, current=desired, output_schema=output_schema
+        )
+    except StoreBusyError as exc:
+        rt.state.update_manifest(name, last_error=f"results busy: {exc}")
+        rt.state.event("busy", str(exc), manifest=name)
+
+
+def _counts(plan: ManifestPlan) -> str:
+    d = plan.diff
+    return (
+        f"{d.total} requests: {d.new} new, {d.changed} changed, {d.retry} retry, "
+        f"{d.unchanged} unchanged, {d.in_flight} in flight, {d.removed} removed"
+    )

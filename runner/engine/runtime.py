@@ -1,0 +1,55 @@
+"""Everything an engine step needs, wired once by the CLI: settings, stores, backend, prices.
+
+Also the state directory's layout, so every module names the same files the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.adapters.state import StateStore
+from runner.core.ports import Backend
+from runner.core.pricing import PriceTable
+from runner.settings import Settings
+
+log = logging.getLogger("gbatch")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    state: StateStore
+    backend: Backend
+    prices: PriceTable
+    commit: str | None = None
+    work_dir: Path = field(default=Path())  # where new files go: a scratch dir for `plan`
+
+    def __post_init__(self) -> None:
+        if self.work_dir == Path():
+            self.work_dir = self.settings.state_dir
+
+    @property
+    def results_db(self) -> Path:
+        return self.settings.db
+
+    def sets_dir(self, manifest: str) -> Path:
+        """Request sets of a manifest's versions (``<set digest>.parquet``)."""
+        return self.work_dir / "sets" / manifest
+
+    def jobs_dir(self) -> Path:
+        """One Parquet file per job's rows, named by their digest."""
+        return self.work_dir / "jobs"
+
+    def ledger_dir(self, manifest: str) -> Path:
+        """Outcome per row of each finished job (``<job id>.parquet``); always the real state."""
+        return self.settings.state_dir / "ledger" / manifest
+
+    def inputs_dir(self) -> Path:
+        """Request JSONL written for upload; removed once the job is created."""
+        return self.work_dir / "inputs"
+
+    def results_dir(self) -> Path:
+        """Downloaded result JSONL, kept until ingested."""
+        return self.work_dir / "results"

@@ -1,0 +1,159 @@
+"""Move recorded job intents to created remote jobs, recording each side effect at once.
+
+Phases (``runner.adapters.state.PHASES``): planned -> uploaded -> submitting -> submitted.
+``submitting`` is written BEFORE the create call: a job found in that phase (a crash, a lost
+reply) is first looked for by its display name and adopted; only if the service has no such
+job is it created again. A 429 on create is a clear "no": back to ``uploaded``.
+Called by the CLI's apply and by the daemon, after ``reconcile.apply_manifest``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.adapters import sources
+from runner.adapters.state import JobRow
+from runner.core.jobs import RemoteJob
+from runner.engine.runtime import Runtime, log
+from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
+
+UPLOAD_MAX_AGE_S = 46 * 3600  # uploaded files expire after 48 h
+
+
+@dataclass
+class SubmitReport:
+    created: int = 0
+    adopted: int = 0
+    waiting: int = 0  # intents left for a later round (back-off, quota)
+    abandoned: int = 0
+    retry_after: float = 0.0
+
+
+def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitReport:
+    """Push every job in planned / uploaded / submitting forward, within the job limit."""
+    report = SubmitReport()
+    pending = [
+        job
+        for job in rt.state.jobs(live=True)
+        if job.phase in ("planned", "uploaded", "submitting")
+        and (manifests is None or job.manifest in manifests)
+    ]
+    if any(job.phase == "submitting" for job in pending):
+        _adopt_lost(rt, pending, report)
+        pending = [rt.state.job(job.id) for job in pending]
+        pending = [job for job in pending if job.phase in ("planned", "uploaded", "submitting")]
+    in_flight = sum(1 for job in rt.state.jobs(live=True) if job.phase == "submitted")
+    for job in pending:
+        if in_flight >= rt.settings.max_concurrent_jobs or report.retry_after:
+            report.waiting += 1
+            continue
+        try:
+            if _advance(rt, job, report):
+                in_flight += 1
+        except TransientBackendError as exc:
+            report.waiting += 1
+            report.retry_after = max(report.retry_after, exc.delay)
+            rt.state.update_job(job.id, error=str(exc))
+            rt.state.event("backoff", str(exc), manifest=job.manifest, job=job.id)
+            log.warning("%s: %s; retrying in %.0fs", job.display_name, exc, exc.delay)
+        except PermanentBackendError as exc:
+            report.abandoned += 1
+            rt.state.update_job(job.id, phase="abandoned", error=str(exc))
+            rt.state.update_manifest(job.manifest, last_error=str(exc))
+            rt.state.event("abandoned", str(exc), manifest=job.manifest, job=job.id)
+            log.error("%s: %s", job.display_name, exc)
+    return report
+
+
+def _advance(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
+    """Take one job as far as a created remote job; True when it was created or adopted."""
+    if job.phase == "uploaded" and not job.inline and _upload_expired(job):
+        rt.state.update_job(job.id, phase="planned", input_file=None)
+        job = rt.state.job(job.id)
+    if job.phase == "planned":
+        job = _upload(rt, job)
+    if job.phase == "submitting":
+        found = _find(rt, job.display_name)
+        if found is not None:
+            _record_created(rt, job, found, adopted=True)
+            report.adopted += 1
+            return True
+    rt.state.update_job(job.id, phase="submitting")
+    try:
+        remote = rt.backend.create_job(
+            model=job.model,
+            display_name=job.display_name,
+            src_file=None if job.inline else job.input_file,
+            inline=_input_path(rt, job) if job.inline else None,
+        )
+    except UnclearCreateError:
+        found = _find(rt, job.display_name)
+        if found is None:
+            raise  # stays in `submitting`: the next round looks again before creating
+        remote = found
+        report.adopted += 1
+    except (TransientBackendError, PermanentBackendError):
+        rt.state.update_job(job.id, phase="uploaded")  # a clear refusal: nothing was created
+        raise
+    else:
+        report.created += 1
+    _record_created(rt, job, remote, adopted=False)
+    return True
+
+
+def _upload(rt: Runtime, job: JobRow) -> JobRow:
+    path = _input_path(rt, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sources.write_jsonl(Path(job.request_file), path)
+    if job.bytes <= rt.settings.inline_max_bytes:
+        rt.state.update_job(job.id, phase="uploaded", inline=1)
+    else:
+        name = rt.backend.upload_jsonl(path, display_name=job.display_name)
+        rt.state.update_job(job.id, phase="uploaded", input_file=name)
+        rt.state.event("uploaded", f"{name} ({job.requests} requests)", manifest=job.manifest,
+                       job=job.id)
+    return rt.state.job(job.id)
+
+
+def _input_path(rt: Runtime, job: JobRow) -> Path:
+    return rt.inputs_dir() / f"{job.intent}.jsonl"
+
+
+def _upload_expired(job: JobRow) -> bool:
+    from datetime import datetime
+
+    updated = datetime.fromisoformat(job.updated_at).timestamp()
+    return time.time() - updated > UPLOAD_MAX_AGE_S
+
+
+def _find(rt: Runtime, display_name: str) -> RemoteJob | None:
+    for remote in rt.backend.list_jobs():
+        if remote.display_name == display_name:
+            return remote
+    return None
+
+
+def _adopt_lost(rt: Runtime, pending: list[JobRow], report: SubmitReport) -> None:
+    """One listing for every job whose create may have happened."""
+    lost = {job.display_name: job for job in pending if job.phase == "submitting"}
+    for remote in rt.backend.list_jobs():
+        job = lost.pop(remote.display_name, None)
+        if job is not None:
+            _record_created(rt, job, remote, adopted=True)
+            report.adopted += 1
+        if not lost:
+            return
+
+
+def _record_created(rt: Runtime, job: JobRow, remote: RemoteJob, *, adopted: bool) -> None:
+    rt.state.update_job(
+        job.id, phase="submitted", remote_name=remote.name, remote_state=remote.state.value,
+        error=None,
+    )
+    verb = "adopted" if adopted else "created"
+    rt.state.event(verb, f"{remote.name} ({job.requests} requests)", manifest=job.manifest,
+                   job=job.id)
+    log.info("%s: %s %s", job.manifest, verb, remote.name)
+    _input_path(rt, job).unlink(missing_ok=True)

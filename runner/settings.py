@@ -1,0 +1,47 @@
+"""gbatch settings: one pydantic-settings class, read once by the CLI and passed down.
+
+Precedence (pydantic-settings' own): init arguments > environment (``GBATCH_*``, plus the
+SDK's ``GEMINI_API_KEY`` / ``GOOGLE_API_KEY`` / ``GOOGLE_GEMINI_BASE_URL``) > ``.env`` file >
+defaults. The API key is a SecretStr: it never appears in reprs, logs or the database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GBATCH_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    db: Path = Field(Path("gbatch.duckdb"), description="The results database users query.")
+    state_dir: Path = Field(
+        Path(".gbatch"), description="The runner's own state: bookkeeping, request sets, files."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("GBATCH_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    )
+    base_url: str | None = Field(
+        None, validation_alias=AliasChoices("GBATCH_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
+    )
+    api_version: str = "v1beta"
+    http_timeout_s: float = Field(120.0, gt=0, description="Per HTTP call; uploads included.")
+    poll_interval_s: float = Field(30.0, gt=0, description="Between job polls while waiting.")
+    max_requests_per_job: int = Field(50_000, ge=1)
+    max_job_bytes: int = Field(1_900_000_000, ge=1024, description="Under the 2 GB file cap.")
+    inline_max_bytes: int = Field(
+        0, ge=0, description="Jobs this small (bytes) go inline instead of through a file."
+    )
+    max_concurrent_jobs: int = Field(100, ge=1)
+    prices_file: Path | None = None
+    log_format: Literal["text", "json"] = "text"
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.sqlite"
