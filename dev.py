@@ -20,6 +20,7 @@ import tempfile
 import time
 import venv
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -28,7 +29,7 @@ STAMP = VENV / ".installed"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (this script may meet an older Python)
         sys.exit("gbatch needs Python 3.11 or newer")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
@@ -78,34 +79,57 @@ def demo() -> None:
         "GBATCH_POLL_INTERVAL_S": "1",
     }
     gbatch = str(BIN / "gbatch")
-    log = tempfile.TemporaryFile()
-    emulator = subprocess.Popen(
-        [gbatch, "emulator", "--port", str(port), "--data-dir", str(out / "emulator")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+    with tempfile.TemporaryFile() as log:
+        emulator = subprocess.Popen(
+            [gbatch, "emulator", "--port", str(port), "--data-dir", str(out / "emulator")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+        try:
+            wait_for_port(port, emulator, log)
+            run([gbatch, "validate", "manifests"], env=env)
+            run([gbatch, "plan", "manifests"], env=env)
+            run([gbatch, "apply", "manifests", "--wait"], env=env)
+            run([gbatch, "status"], env=env)
+            run(
+                [
+                    gbatch,
+                    "query",
+                    "select key, status, text, output_tokens, cost_usd "
+                    "from seed_requests order by key",
+                ],
+                env=env,
+            )
+            run(
+                [
+                    gbatch,
+                    "query",
+                    "select sku, title, bullets[1] as first_bullet, cost_usd "
+                    "from product_copy order by sku limit 5",
+                ],
+                env=env,
+            )
+        finally:
+            emulator.terminate()
+            emulator.wait(timeout=10)
+    print(
+        f"\nResults: {out / 'results.duckdb'}  (read them: duckdb -readonly {out / 'results.duckdb'})"
     )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or emulator.poll() is not None:
-                    log.seek(0)
-                    sys.exit("the emulator did not start:\n" + log.read().decode())
-                time.sleep(0.1)
-        run([gbatch, "validate", "manifests"], env=env)
-        run([gbatch, "plan", "manifests"], env=env)
-        run([gbatch, "apply", "manifests", "--wait"], env=env)
-        run([gbatch, "status"], env=env)
-        run([gbatch, "query", "select key, status, text, output_tokens, cost_usd "
-             "from seed_requests order by key"], env=env)
-        run([gbatch, "query", "select sku, title, bullets[1] as first_bullet, cost_usd "
-             "from product_copy order by sku limit 5"], env=env)
-        print(f"\nResults: {out / 'results.duckdb'}  (try: duckdb -readonly {out / 'results.duckdb'})")
-    finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                log.seek(0)
+                sys.exit("the emulator did not start:\n" + log.read().decode())
+            time.sleep(0.1)
 
 
 def main() -> None:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     )
     api_version: str = "v1beta"
     http_timeout_s: float = Field(120.0, gt=0, description="Per HTTP call; uploads included.")
+    max_backoff_s: float = Field(
+        300.0, gt=0, description="Cap on waits after 429 / 5xx (RetryInfo is honoured below it)."
+    )
     poll_interval_s: float = Field(30.0, gt=0, description="Between job polls while waiting.")
     max_requests_per_job: int = Field(50_000, ge=1)
     max_job_bytes: int = Field(1_900_000_000, ge=1024, description="Under the 2 GB file cap.")

@@ -145,7 +145,7 @@ class GeminiBackend:
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:
         def count() -> int:
-            reply = self._client.models.count_tokens(model=model, contents=contents)  # type: ignore[arg-type]
+            reply = self._client.models.count_tokens(model=model, contents=contents)
             return int(reply.total_tokens or 0)
 
         return self._read(count, what="countTokens")

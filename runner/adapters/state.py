@@ -186,7 +186,9 @@ class StateStore:
         values["updated_at"] = now()
         assignments = ", ".join(f"{c} = ?" for c in values)
         with self.transaction() as db:
-            db.execute(f"update manifests set {assignments} where name = ?", (*values.values(), name))
+            db.execute(
+                f"update manifests set {assignments} where name = ?", (*values.values(), name)
+            )
 
     def manifest(self, name: str) -> ManifestRow | None:
         row = self._db.execute(

@@ -50,19 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def paths(p: argparse.ArgumentParser) -> None:
-        p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                       help="manifest files or directories of them")
+        p.add_argument(
+            "paths",
+            nargs="+",
+            type=Path,
+            metavar="PATH",
+            help="manifest files or directories of them",
+        )
 
     p = sub.add_parser("validate", help="check manifests and their data; file:line:col errors")
     paths(p)
     p = sub.add_parser("plan", help="what apply would submit, with estimates; changes nothing")
     paths(p)
-    p.add_argument("--no-count-tokens", action="store_true",
-                   help="estimate tokens locally instead of calling countTokens")
+    p.add_argument(
+        "--no-count-tokens",
+        action="store_true",
+        help="estimate tokens locally instead of calling countTokens",
+    )
     p = sub.add_parser("apply", help="reconcile once: submit what the manifests need")
     paths(p)
-    p.add_argument("--wait", action="store_true",
-                   help="block until every job is finished and ingested, showing progress")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until every job is finished and ingested, showing progress",
+    )
     p = sub.add_parser("status", help="manifests, jobs, states, counts, cost, last error")
     p.add_argument("--jobs", action="store_true", help="list every job too")
     p = sub.add_parser("query", help="run read-only SQL over the results")

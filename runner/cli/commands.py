@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runner.adapters import results
 from runner.adapters.gemini import GeminiBackend
-from runner.adapters.state import ProcessLock, StateStore
+from runner.adapters.state import JobRow, ProcessLock, StateStore
 from runner.cli import render
 from runner.core.loader import LoadedManifest
 from runner.core.manifest import json_schema
@@ -24,7 +24,7 @@ from runner.core.pricing import load_prices
 from runner.engine import follow, reconcile, submit
 from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
-from runner.errors import GbatchError, ManifestError, ManifestErrors
+from runner.errors import GbatchError, ManifestErrors
 from runner.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -33,7 +33,7 @@ MAX_WAIT_ROUNDS = 20  # plan -> run -> ingest rounds in one apply --wait (retrie
 
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides = {"log_format": args.log_format} if args.log_format else {}
-    return Settings(**overrides)  # type: ignore[arg-type]
+    return Settings(**overrides)
 
 
 @contextmanager
@@ -50,6 +50,7 @@ def runtime(settings: Settings, *, work_dir: Path | None = None) -> Iterator[Run
         base_url=settings.base_url,
         api_version=settings.api_version,
         timeout_s=settings.http_timeout_s,
+        max_backoff_s=settings.max_backoff_s,
     )
     try:
         yield Runtime(
@@ -84,9 +85,10 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     loaded = _validated(args.paths)
-    with tempfile.TemporaryDirectory(prefix="gbatch-plan-") as scratch, runtime(
-        settings, work_dir=Path(scratch)
-    ) as rt:
+    with (
+        tempfile.TemporaryDirectory(prefix="gbatch-plan-") as scratch,
+        runtime(settings, work_dir=Path(scratch)) as rt,
+    ):
         plans = [
             reconcile.plan_manifest(rt, item, count_tokens=not args.no_count_tokens)
             for item in loaded
@@ -110,8 +112,12 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
                     f"waiting {report.waiting}; `gbatch status` follows them"
                 )
                 return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
-            _wait(rt, by_name, started, resubmit=lambda: submit.submit_pending(
-                rt, manifests=set(by_name)))
+            _wait(
+                rt,
+                by_name,
+                started,
+                resubmit=lambda: submit.submit_pending(rt, manifests=set(by_name)),
+            )
             if not any(p.diff.submit_requests and not p.blocked for p in plans):
                 break
         print()
@@ -143,7 +149,7 @@ def _wait(
             time.sleep(interval)
 
 
-def _progress(own: list, live: list, started: float) -> None:  # type: ignore[type-arg]
+def _progress(own: list[JobRow], live: list[JobRow], started: float) -> None:
     done = len(own) - len(live)
     requests = sum(j.requests for j in own)
     answered = sum(j.succeeded + j.failed for j in own)

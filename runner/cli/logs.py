@@ -12,6 +12,8 @@ import sys
 
 from runner.settings import Settings
 
+HANDLER_NAME = "gbatch"
+
 
 class RedactSecrets(logging.Filter):
     """Replaces each secret string in a record's final message with ``***``."""
@@ -49,9 +51,10 @@ def setup_logging(settings: Settings, *, verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     key = settings.api_key.get_secret_value() if settings.api_key else ""
     handler.addFilter(RedactSecrets([key]))
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(old)  # a second main() in one process (tests) replaces its own
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("gbatch").setLevel(logging.DEBUG if verbose else logging.INFO)

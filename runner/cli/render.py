@@ -39,8 +39,12 @@ def as_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def as_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    return json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str,
-                      ensure_ascii=False, indent=2)
+    return json.dumps(
+        [dict(zip(columns, row, strict=True)) for row in rows],
+        default=str,
+        ensure_ascii=False,
+        indent=2,
+    )
 
 
 def money(value: float | None) -> str:
@@ -98,17 +102,49 @@ def status(manifests: Sequence[ManifestRow], jobs: Sequence[JobRow]) -> str:
                 m.last_error or "",
             ]
         )
-    head = ["manifest", "status", "table", "requests", "jobs", "succeeded", "failed", "cost",
-            "commit", "last error"]
+    head = [
+        "manifest",
+        "status",
+        "table",
+        "requests",
+        "jobs",
+        "succeeded",
+        "failed",
+        "cost",
+        "commit",
+        "last error",
+    ]
     return table(head, rows, max_width=80)
 
 
 def jobs_table(jobs: Sequence[JobRow]) -> str:
     rows = [
-        [j.id, j.manifest, j.remote_name or "-", j.phase, j.remote_state or "-", j.requests,
-         j.succeeded, j.failed, money(j.cost_usd), j.updated_at[:19], j.error or ""]
+        [
+            j.id,
+            j.manifest,
+            j.remote_name or "-",
+            j.phase,
+            j.remote_state or "-",
+            j.requests,
+            j.succeeded,
+            j.failed,
+            money(j.cost_usd),
+            j.updated_at[:19],
+            j.error or "",
+        ]
         for j in jobs
     ]
-    head = ["id", "manifest", "remote", "phase", "state", "requests", "ok", "failed", "cost",
-            "updated", "error"]
+    head = [
+        "id",
+        "manifest",
+        "remote",
+        "phase",
+        "state",
+        "requests",
+        "ok",
+        "failed",
+        "cost",
+        "updated",
+        "error",
+    ]
     return table(head, rows)

@@ -63,7 +63,7 @@ class Source(Strict):
     def kind(self) -> Literal["path", "requests", "query", "rows"]:
         for kind in ("path", "requests", "query", "rows"):
             if getattr(self, kind) is not None:
-                return kind  # type: ignore[return-value]
+                return kind
         raise AssertionError("validated source has one kind")
 
 
@@ -127,12 +127,12 @@ class Spec(Strict):
     model: str = Field(pattern=r"^(models/)?[a-z0-9][a-z0-9.\-]*$")
     source: Source
     prompt: Prompt | None = None
-    generation: Generation = Field(default_factory=Generation)
+    generation: Generation = Generation()
     output_schema: dict[str, Any] | None = None
     cache: Cache | None = None
-    tools: Tools = Field(default_factory=Tools)
-    output: Output = Field(default_factory=Output)
-    policy: Policy = Field(default_factory=Policy)
+    tools: Tools = Tools()
+    output: Output = Output()
+    policy: Policy = Policy()
 
     @model_validator(mode="after")
     def _prompt_needed(self) -> Spec:
@@ -151,7 +151,7 @@ class Spec(Strict):
 
 
 class Manifest(Strict):
-    api_version: Literal["gbatch/v1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["gbatch/v1"] = Field("gbatch/v1", alias="apiVersion")
     kind: Literal["Batch"] = "Batch"
     metadata: Metadata
     spec: Spec

@@ -34,4 +34,6 @@ def confine_glob(pattern: str, *, base_dir: Path, root: Path) -> list[Path]:
     matches = sorted(glob.glob(str(base_dir / pattern), recursive=True))
     if not matches:
         raise FileNotFoundError(f"no file matches {pattern!r}")
-    return [confine(str(Path(m).relative_to(base_dir)), base_dir=base_dir, root=root) for m in matches]
+    return [
+        confine(str(Path(m).relative_to(base_dir)), base_dir=base_dir, root=root) for m in matches
+    ]

@@ -33,8 +33,11 @@ class FollowReport:
 
 def poll(rt: Runtime) -> None:
     """Refresh the remote state of every submitted job."""
-    watching = {job.remote_name: job for job in rt.state.jobs(live=True)
-                if job.phase == "submitted" and job.remote_name}
+    watching = {
+        job.remote_name: job
+        for job in rt.state.jobs(live=True)
+        if job.phase == "submitted" and job.remote_name
+    }
     if not watching:
         return
     seen: dict[str, RemoteJob] = {}
@@ -138,9 +141,15 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
         )
         rt.state.event(
             "ingested",
-            json.dumps({"rows": summary.rows, "succeeded": summary.succeeded,
-                        "failed": summary.failed, "missing": summary.missing_keys,
-                        "cost_usd": round(summary.cost_usd, 6)}),
+            json.dumps(
+                {
+                    "rows": summary.rows,
+                    "succeeded": summary.succeeded,
+                    "failed": summary.failed,
+                    "missing": summary.missing_keys,
+                    "cost_usd": round(summary.cost_usd, 6),
+                }
+            ),
             manifest=job.manifest,
             job=job.id,
         )

@@ -50,7 +50,9 @@ def version_of(loaded: LoadedManifest) -> str:
     return loaded.digest[:12]
 
 
-def plan_manifest(rt: Runtime, loaded: LoadedManifest, *, count_tokens: bool = True) -> ManifestPlan:
+def plan_manifest(
+    rt: Runtime, loaded: LoadedManifest, *, count_tokens: bool = True
+) -> ManifestPlan:
     """What applying ``loaded`` would submit, with estimates. Writes only under ``rt.work_dir``."""
     manifest = loaded.manifest
     name = manifest.name
@@ -58,9 +60,7 @@ def plan_manifest(rt: Runtime, loaded: LoadedManifest, *, count_tokens: bool = T
     sets.mkdir(parents=True, exist_ok=True)
     building = sets / "building.parquet"
     try:
-        built = sources.build_requests(
-            manifest, base_dir=loaded.base_dir, root=loaded.root, out=building
-        )
+        sources.build_requests(manifest, base_dir=loaded.base_dir, root=loaded.root, out=building)
     except ManifestError as exc:
         raise locate(loaded, exc) from exc
     set_digest = ledger.set_digest(building)
@@ -152,8 +152,9 @@ def _estimate(
     output_tokens = per_request * diff.submit_requests
     price = rt.prices.for_model(spec.model)
     cost = price.cost(prompt=input_tokens, output=output_tokens) if price else None
-    return Estimate(input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
-                    basis=basis)
+    return Estimate(
+        input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost, basis=basis
+    )
 
 
 def intent_of(manifest: str, chunk_digest: str, generation: int) -> str:

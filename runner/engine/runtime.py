@@ -25,6 +25,7 @@ class Runtime:
     prices: PriceTable
     commit: str | None = None
     work_dir: Path = field(default=Path())  # where new files go: a scratch dir for `plan`
+    backoff_until: float = 0.0  # time.monotonic() before which no create is attempted (429)
 
     def __post_init__(self) -> None:
         if self.work_dir == Path():

@@ -46,7 +46,8 @@ def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitR
         pending = [job for job in pending if job.phase in ("planned", "uploaded", "submitting")]
     in_flight = sum(1 for job in rt.state.jobs(live=True) if job.phase == "submitted")
     for job in pending:
-        if in_flight >= rt.settings.max_concurrent_jobs or report.retry_after:
+        backing_off = time.monotonic() < rt.backoff_until
+        if in_flight >= rt.settings.max_concurrent_jobs or backing_off:
             report.waiting += 1
             continue
         try:
@@ -54,7 +55,8 @@ def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitR
                 in_flight += 1
         except TransientBackendError as exc:
             report.waiting += 1
-            report.retry_after = max(report.retry_after, exc.delay)
+            report.retry_after = min(max(report.retry_after, exc.delay), rt.settings.max_backoff_s)
+            rt.backoff_until = time.monotonic() + report.retry_after
             rt.state.update_job(job.id, error=str(exc))
             rt.state.event("backoff", str(exc), manifest=job.manifest, job=job.id)
             log.warning("%s: %s; retrying in %.0fs", job.display_name, exc, exc.delay)
@@ -112,8 +114,9 @@ def _upload(rt: Runtime, job: JobRow) -> JobRow:
     else:
         name = rt.backend.upload_jsonl(path, display_name=job.display_name)
         rt.state.update_job(job.id, phase="uploaded", input_file=name)
-        rt.state.event("uploaded", f"{name} ({job.requests} requests)", manifest=job.manifest,
-                       job=job.id)
+        rt.state.event(
+            "uploaded", f"{name} ({job.requests} requests)", manifest=job.manifest, job=job.id
+        )
     return rt.state.job(job.id)
 
 
@@ -149,11 +152,15 @@ def _adopt_lost(rt: Runtime, pending: list[JobRow], report: SubmitReport) -> Non
 
 def _record_created(rt: Runtime, job: JobRow, remote: RemoteJob, *, adopted: bool) -> None:
     rt.state.update_job(
-        job.id, phase="submitted", remote_name=remote.name, remote_state=remote.state.value,
+        job.id,
+        phase="submitted",
+        remote_name=remote.name,
+        remote_state=remote.state.value,
         error=None,
     )
     verb = "adopted" if adopted else "created"
-    rt.state.event(verb, f"{remote.name} ({job.requests} requests)", manifest=job.manifest,
-                   job=job.id)
+    rt.state.event(
+        verb, f"{remote.name} ({job.requests} requests)", manifest=job.manifest, job=job.id
+    )
     log.info("%s: %s %s", job.manifest, verb, remote.name)
     _input_path(rt, job).unlink(missing_ok=True)

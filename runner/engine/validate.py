@@ -20,8 +20,7 @@ def locate(loaded: LoadedManifest, error: ManifestError) -> ManifestError:
     if error.location is not None:
         return error
     parts = [p for p in error.field.split(".") if p]
-    return ManifestError(error.reason, location=loaded.locate("spec", *parts),
-                         field=error.field)
+    return ManifestError(error.reason, location=loaded.locate("spec", *parts), field=error.field)
 
 
 def check_data(loaded: LoadedManifest) -> ManifestError | None:

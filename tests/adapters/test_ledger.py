@@ -35,102 +35,184 @@ def results_file(path: Path, lines: list[str]) -> Path:
 
 def test_first_diff_submits_everything_as_new(tmp_path: Path) -> None:
     desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2")])
-    diff = ledger.diff(desired=desired, ledger_dir=tmp_path / "none", in_flight=[], previous=None,
-                       retries=2, out=tmp_path / "s.parquet")
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=tmp_path / "none",
+        in_flight=[],
+        previous=None,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
     assert (diff.total, diff.new, diff.submit_requests, diff.submit_bytes) == (2, 2, 2, 20)
     assert keys(tmp_path / "s.parquet") == ["a", "b"]
 
 
 def test_answered_rows_are_unchanged_changed_rows_resubmit_failures_retry(tmp_path: Path) -> None:
     first = write_set(tmp_path / "v1.parquet", [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")])
-    (job,) = ledger.chunk(desired=first, to_submit=first, max_requests=10, max_bytes=10**6,
-                          out_dir=tmp_path / "jobs")
+    (job,) = ledger.chunk(
+        desired=first, to_submit=first, max_requests=10, max_bytes=10**6, out_dir=tmp_path / "jobs"
+    )
     lines = [
         '{"key": "a", "response": {"candidates": []}}',
         '{"key": "b", "response": {"candidates": []}}',
         '{"key": "c", "error": {"code": 500, "message": "internal"}}',
         '{"key": "d", "error": {"code": 400, "message": "bad request"}}',
     ]
-    outcome = ledger.record_outcome(job_requests=job.path,
-                                    result_file=results_file(tmp_path / "r.jsonl", lines),
-                                    job_error=None, out=tmp_path / "ledger" / "1.parquet")
+    outcome = ledger.record_outcome(
+        job_requests=job.path,
+        result_file=results_file(tmp_path / "r.jsonl", lines),
+        job_error=None,
+        out=tmp_path / "ledger" / "1.parquet",
+    )
     assert (outcome.succeeded, outcome.failed, outcome.missing) == (2, 2, 0)
-    second = write_set(tmp_path / "v2.parquet", [("a", "1"), ("b", "9"), ("c", "3"), ("d", "4"),
-                                                 ("e", "5")])
-    diff = ledger.diff(desired=second, ledger_dir=tmp_path / "ledger", in_flight=[],
-                       previous=first, retries=2, out=tmp_path / "s.parquet")
+    second = write_set(
+        tmp_path / "v2.parquet", [("a", "1"), ("b", "9"), ("c", "3"), ("d", "4"), ("e", "5")]
+    )
+    diff = ledger.diff(
+        desired=second,
+        ledger_dir=tmp_path / "ledger",
+        in_flight=[],
+        previous=first,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
     assert (diff.unchanged, diff.changed, diff.retry, diff.exhausted, diff.new) == (1, 1, 1, 1, 1)
     assert keys(tmp_path / "s.parquet") == ["b", "c", "e"]
 
 
 def test_retries_stop_at_the_policy_limit(tmp_path: Path) -> None:
     desired = write_set(tmp_path / "d.parquet", [("a", "1")])
-    (job,) = ledger.chunk(desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6,
-                          out_dir=tmp_path / "jobs")
+    (job,) = ledger.chunk(
+        desired=desired,
+        to_submit=desired,
+        max_requests=10,
+        max_bytes=10**6,
+        out_dir=tmp_path / "jobs",
+    )
     failing = results_file(tmp_path / "r.jsonl", ['{"key": "a", "error": {"code": 503}}'])
     verdicts = []
     for attempt in range(3):
-        ledger.record_outcome(job_requests=job.path, result_file=failing, job_error=None,
-                              out=tmp_path / "ledger" / f"{attempt}.parquet")
-        diff = ledger.diff(desired=desired, ledger_dir=tmp_path / "ledger", in_flight=[],
-                           previous=desired, retries=2, out=tmp_path / "s.parquet")
+        ledger.record_outcome(
+            job_requests=job.path,
+            result_file=failing,
+            job_error=None,
+            out=tmp_path / "ledger" / f"{attempt}.parquet",
+        )
+        diff = ledger.diff(
+            desired=desired,
+            ledger_dir=tmp_path / "ledger",
+            in_flight=[],
+            previous=desired,
+            retries=2,
+            out=tmp_path / "s.parquet",
+        )
         verdicts.append((diff.retry, diff.exhausted))
     assert verdicts == [(1, 0), (1, 0), (0, 1)]
 
 
 def test_rows_in_flight_are_not_sent_again_and_removed_keys_are_counted(tmp_path: Path) -> None:
     first = write_set(tmp_path / "v1.parquet", [("a", "1"), ("b", "2")])
-    (job,) = ledger.chunk(desired=first, to_submit=first, max_requests=10, max_bytes=10**6,
-                          out_dir=tmp_path / "jobs")
+    (job,) = ledger.chunk(
+        desired=first, to_submit=first, max_requests=10, max_bytes=10**6, out_dir=tmp_path / "jobs"
+    )
     second = write_set(tmp_path / "v2.parquet", [("a", "1")])
-    diff = ledger.diff(desired=second, ledger_dir=tmp_path / "ledger", in_flight=[job.path],
-                       previous=first, retries=2, out=tmp_path / "s.parquet")
+    diff = ledger.diff(
+        desired=second,
+        ledger_dir=tmp_path / "ledger",
+        in_flight=[job.path],
+        previous=first,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
     assert (diff.in_flight, diff.removed, diff.submit_requests) == (1, 1, 0)
 
 
-@pytest.mark.parametrize(("max_requests", "max_bytes", "sizes"),
-                         [(3, 10**6, [3, 3, 1]), (100, 40, [3, 4]), (2, 25, [2, 2, 2, 1])])
+@pytest.mark.parametrize(
+    ("max_requests", "max_bytes", "sizes"),
+    [(3, 10**6, [3, 3, 1]), (100, 40, [3, 4]), (2, 25, [2, 2, 2, 1])],
+)
 def test_chunks_respect_both_limits_and_cover_every_row_once(
     tmp_path: Path, max_requests: int, max_bytes: int, sizes: list[int]
 ) -> None:
     desired = write_set(tmp_path / "d.parquet", [(f"k{i}", str(i)) for i in range(7)])
-    chunks = ledger.chunk(desired=desired, to_submit=desired, max_requests=max_requests,
-                          max_bytes=max_bytes * 3, out_dir=tmp_path / "jobs")
+    chunks = ledger.chunk(
+        desired=desired,
+        to_submit=desired,
+        max_requests=max_requests,
+        max_bytes=max_bytes * 3,
+        out_dir=tmp_path / "jobs",
+    )
     assert [c.requests for c in chunks] == sizes
     covered = [k for c in chunks for k in keys(c.path)]
     assert sorted(covered) == sorted(f"k{i}" for i in range(7))
-    again = ledger.chunk(desired=desired, to_submit=desired, max_requests=max_requests,
-                         max_bytes=max_bytes * 3, out_dir=tmp_path / "jobs")
+    again = ledger.chunk(
+        desired=desired,
+        to_submit=desired,
+        max_requests=max_requests,
+        max_bytes=max_bytes * 3,
+        out_dir=tmp_path / "jobs",
+    )
     assert [c.digest for c in again] == [c.digest for c in chunks]
 
 
 def test_a_truncated_file_leaves_the_cut_keys_missing_and_retryable(tmp_path: Path) -> None:
     desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2")])
-    (job,) = ledger.chunk(desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6,
-                          out_dir=tmp_path / "jobs")
+    (job,) = ledger.chunk(
+        desired=desired,
+        to_submit=desired,
+        max_requests=10,
+        max_bytes=10**6,
+        out_dir=tmp_path / "jobs",
+    )
     cut = tmp_path / "r.jsonl"
     cut.write_text('{"key": "a", "response": {"candidates": []}}\n{"key": "b", "respo')
-    outcome = ledger.record_outcome(job_requests=job.path, result_file=cut, job_error=None,
-                                    out=tmp_path / "ledger" / "1.parquet")
+    outcome = ledger.record_outcome(
+        job_requests=job.path,
+        result_file=cut,
+        job_error=None,
+        out=tmp_path / "ledger" / "1.parquet",
+    )
     assert (outcome.succeeded, outcome.failed, outcome.missing) == (1, 1, 1)
-    diff = ledger.diff(desired=desired, ledger_dir=tmp_path / "ledger", in_flight=[],
-                       previous=desired, retries=2, out=tmp_path / "s.parquet")
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=tmp_path / "ledger",
+        in_flight=[],
+        previous=desired,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
     assert keys(tmp_path / "s.parquet") == ["b"] and diff.retry == 1
 
 
 def test_a_failed_job_fails_every_row_retryably(tmp_path: Path) -> None:
     desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2")])
-    (job,) = ledger.chunk(desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6,
-                          out_dir=tmp_path / "jobs")
+    (job,) = ledger.chunk(
+        desired=desired,
+        to_submit=desired,
+        max_requests=10,
+        max_bytes=10**6,
+        out_dir=tmp_path / "jobs",
+    )
     lines = tmp_path / "failed.jsonl"
-    ledger.failed_job_lines(job_requests=job.path, message="job FAILED", status="JOB_FAILED",
-                            out=lines)
+    ledger.failed_job_lines(
+        job_requests=job.path, message="job FAILED", status="JOB_FAILED", out=lines
+    )
     assert len(lines.read_text().splitlines()) == 2
-    outcome = ledger.record_outcome(job_requests=job.path, result_file=lines, job_error=None,
-                                    out=tmp_path / "ledger" / "1.parquet")
+    outcome = ledger.record_outcome(
+        job_requests=job.path,
+        result_file=lines,
+        job_error=None,
+        out=tmp_path / "ledger" / "1.parquet",
+    )
     assert (outcome.succeeded, outcome.failed) == (0, 2)
-    diff = ledger.diff(desired=desired, ledger_dir=tmp_path / "ledger", in_flight=[],
-                       previous=desired, retries=1, out=tmp_path / "s.parquet")
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=tmp_path / "ledger",
+        in_flight=[],
+        previous=desired,
+        retries=1,
+        out=tmp_path / "s.parquet",
+    )
     assert diff.retry == 2
 
 

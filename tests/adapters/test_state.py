@@ -11,9 +11,16 @@ from runner.errors import LockedError
 
 
 def intent(name: str) -> dict[str, object]:
-    return {"intent": name, "manifest": "m", "digest": "d", "display_name": f"gbatch-m-{name}",
-            "model": "gemini-2.5-flash", "request_file": f"/x/{name}.parquet", "requests": 3,
-            "bytes": 30}
+    return {
+        "intent": name,
+        "manifest": "m",
+        "digest": "d",
+        "display_name": f"gbatch-m-{name}",
+        "model": "gemini-2.5-flash",
+        "request_file": f"/x/{name}.parquet",
+        "requests": 3,
+        "bytes": 30,
+    }
 
 
 def test_intents_are_recorded_once_and_advance_through_phases(tmp_path: Path) -> None:
@@ -46,11 +53,17 @@ def test_a_reader_process_sees_committed_state_while_the_writer_holds_it_open(
     store = StateStore(tmp_path / "state.sqlite")
     store.add_jobs([intent("a")])
     reader = subprocess.run(
-        [sys.executable, "-c",
-         "import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); "
-         "print(db.execute('select count(*) from jobs').fetchone()[0])",
-         str(tmp_path / "state.sqlite")],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); "
+            "print(db.execute('select count(*) from jobs').fetchone()[0])",
+            str(tmp_path / "state.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert reader.stdout.strip() == "1"
     store.close()
@@ -58,11 +71,17 @@ def test_a_reader_process_sees_committed_state_while_the_writer_holds_it_open(
 
 def test_a_second_lock_holder_is_refused_with_the_holder_named(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from runner.adapters.state import ProcessLock; "
-         "lock = ProcessLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); "
-         "sys.stdin.readline()", str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from runner.adapters.state import ProcessLock; "
+            "lock = ProcessLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); "
+            "sys.stdin.readline()",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -15,7 +15,9 @@ def test_cost_bills_cached_tokens_at_the_cached_rate_and_thoughts_as_output() ->
 
 def test_versioned_model_ids_use_the_longest_known_prefix() -> None:
     table = load_prices()
-    assert table.for_model("models/gemini-2.5-flash-lite-001") == table.models["gemini-2.5-flash-lite"]
+    assert (
+        table.for_model("models/gemini-2.5-flash-lite-001") == table.models["gemini-2.5-flash-lite"]
+    )
     assert table.for_model("gemini-2.5-flash-002") == table.models["gemini-2.5-flash"]
     assert table.for_model("some-other-model") is None
 

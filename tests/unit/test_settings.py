@@ -9,8 +9,14 @@ from runner.settings import Settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("GBATCH_DB", "GBATCH_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
-                 "GOOGLE_GEMINI_BASE_URL", "GBATCH_BASE_URL"):
+    for name in (
+        "GBATCH_DB",
+        "GBATCH_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "GBATCH_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 

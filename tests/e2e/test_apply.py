@@ -1,0 +1,171 @@
+"""End to end through the CLI against the emulator over real HTTP: manifests in, rows out."""
+
+from __future__ import annotations
+
+import json
+
+from runner.emulator import Emulator
+from tests.conftest import API_KEY, Gbatch
+
+SEED_LINES = [
+    {"key": "request_1", "request": {"contents": [{"parts": [{"text": "Explain AI"}]}]}},
+    {"key": "request_2", "request": {"contents": [{"parts": [{"text": "Explain qubits"}]}]}},
+]
+
+PRODUCTS = """sku,name,category
+A-1,Trail shoe,footwear
+A-2,Wool sock,footwear
+B-1,Tent,camping
+"""
+
+PRODUCT_MANIFEST = """
+apiVersion: gbatch/v1
+kind: Batch
+metadata: {name: product-copy}
+spec:
+  model: gemini-2.5-flash
+  source: {path: products.csv, key: sku}
+  prompt:
+    system: You write product copy.
+    template: "Describe {{ name }} ({{ category }})."
+  generation: {temperature: 0.2, max_output_tokens: 128}
+  output_schema:
+    type: object
+    properties:
+      title: {type: string}
+      bullets: {type: array, items: {type: string}}
+      rating: {type: integer}
+      spec: {type: object, properties: {weight: {type: number}, color: {type: string}}}
+    required: [title, bullets, rating, spec]
+  output: {table: product_copy}
+"""
+
+
+def seed(gbatch: Gbatch) -> None:
+    gbatch.write("batch_requests.jsonl", "".join(json.dumps(x) + "\n" for x in SEED_LINES))
+    gbatch.write(
+        "seed.yaml", "model: gemini-2.5-flash\nsource:\n  requests: batch_requests.jsonl\n"
+    )
+
+
+def test_the_seed_jsonl_runs_with_a_three_line_manifest(gbatch: Gbatch, emulator: Emulator) -> None:
+    seed(gbatch)
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    rows = gbatch.sql(
+        "select key, status, text, prompt_tokens > 0, cost_usd > 0, job, manifest "
+        "from seed order by key"
+    )
+    assert [r[:2] for r in rows] == [("request_1", "succeeded"), ("request_2", "succeeded")]
+    assert rows[0][2] == "echo: Explain AI" and rows[1][2] == "echo: Explain qubits"
+    assert all(r[3] and r[4] and r[5].startswith("batches/") and r[6] == "seed" for r in rows)
+    assert emulator.count("batches.create") == 1
+    assert API_KEY not in result.out + result.err
+
+
+def test_applying_the_same_manifests_twice_creates_nothing_the_second_time(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    seed(gbatch)
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    again = gbatch("apply", "manifests", "--wait")
+    assert again.code == 0, again.err
+    assert emulator.count("batches.create") == 1
+    assert "2 unchanged" in again.out
+    assert gbatch.sql("select count(*) from seed") == [(2,)]
+
+
+def test_a_csv_template_with_an_output_schema_gives_typed_columns(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    gbatch.write("products.csv", PRODUCTS)
+    gbatch.write("products.yaml", PRODUCT_MANIFEST)
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    rows = gbatch.sql(
+        "select sku, name, status, typeof(title), typeof(bullets), typeof(rating), "
+        "bullets[1] is not null, spec.color is not null from product_copy order by sku"
+    )
+    assert [r[0] for r in rows] == ["A-1", "A-2", "B-1"]
+    assert all(r[2] == "succeeded" for r in rows)
+    assert rows[0][3:] == ("VARCHAR", "VARCHAR[]", "BIGINT", True, True)
+    history = gbatch.sql("select count(*) from product_copy_history")
+    assert history == [(3,)]
+
+
+def test_an_edited_row_resubmits_only_that_row_and_history_keeps_both(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    gbatch.write("products.csv", PRODUCTS)
+    gbatch.write("products.yaml", PRODUCT_MANIFEST)
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    gbatch.write("products.csv", PRODUCTS.replace("Tent,camping", "Big tent,camping"))
+    plan = gbatch("plan", "manifests")
+    assert "1 changed" in plan.out and "2 unchanged" in plan.out, plan.out
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert emulator.count("batches.create") == 2
+    assert gbatch.sql("select name from product_copy where sku = 'B-1'") == [("Big tent",)]
+    assert gbatch.sql("select count(*) from product_copy_history where sku = 'B-1'") == [(2,)]
+
+
+def test_a_parquet_glob_and_inline_rows_are_sources_too(gbatch: Gbatch) -> None:
+    import duckdb
+
+    data = gbatch.manifests / "data"
+    data.mkdir()
+    con = duckdb.connect()
+    for part in (1, 2):
+        con.execute(
+            f"copy (select 'p{part}-' || i as id, 'topic ' || i as topic from range(3) t(i)) "
+            f"to '{data}/part{part}.parquet' (format parquet)"
+        )
+    con.close()
+    gbatch.write(
+        "glob.yaml",
+        "model: gemini-2.5-flash\nsource: {path: 'data/*.parquet', key: id}\n"
+        "prompt: {template: 'Write about {{ topic }}'}\n",
+    )
+    gbatch.write(
+        "inline.yaml",
+        "name: inline\nmodel: gemini-2.5-flash\n"
+        "source: {rows: [{city: Oslo}, {city: Lima}]}\n"
+        "prompt: {template: 'Weather in {{ city }}?'}\n",
+    )
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert gbatch.sql("select count(*), count(*) filter (status = 'succeeded') from glob") == [
+        (6, 6)
+    ]
+    assert gbatch.sql("select city, text from inline order by city") == [
+        ("Lima", "echo: Weather in Lima?"),
+        ("Oslo", "echo: Weather in Oslo?"),
+    ]
+
+
+def test_a_manifest_over_the_per_job_limit_becomes_several_jobs(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    rows = "".join(f"  - {{n: {i}}}\n" for i in range(25))
+    gbatch.write(
+        "many.yaml",
+        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n"
+        + rows
+        + "prompt: {template: 'Number {{ n }}'}\npolicy: {max_requests_per_job: 10}\n",
+    )
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert emulator.count("batches.create") == 3
+    assert gbatch.sql("select count(distinct job), count(*) from many") == [(3, 25)]
+
+
+def test_status_and_query_show_the_bookkeeping(gbatch: Gbatch) -> None:
+    seed(gbatch)
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    status = gbatch("status", "--jobs")
+    assert status.code == 0
+    assert "seed" in status.out and "ingested" in status.out
+    query = gbatch("query", "select manifest, phase, requests from gbatch_jobs", "--format", "json")
+    assert json.loads(query.out) == [{"manifest": "seed", "phase": "ingested", "requests": 2}]
+    csv = gbatch("query", "select key from seed order by key", "--format", "csv")
+    assert csv.out.split() == ["key", "request_1", "request_2"]
