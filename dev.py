@@ -114,9 +114,8 @@ def demo() -> None:
         finally:
             emulator.terminate()
             emulator.wait(timeout=10)
-    print(
-        f"\nResults: {out / 'results.duckdb'}  (read them: duckdb -readonly {out / 'results.duckdb'})"
-    )
+    results = out / "results.duckdb"
+    print(f"\nResults: {results}  (read them: duckdb -readonly {results})")
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
