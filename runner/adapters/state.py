@@ -71,6 +71,9 @@ MIGRATIONS = (
         message text not null
     );
     """,
+    """
+    alter table manifests add column policy text not null default '{}';
+    """,
 )
 
 # Local progress of a job, in order. Terminal phases: ingested, abandoned.
@@ -121,6 +124,7 @@ class ManifestRow:
     status: str
     last_error: str | None
     updated_at: str
+    policy: str
 
 
 _JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))

@@ -74,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="block until every job is finished and ingested, showing progress",
     )
+    p = sub.add_parser("watch", help="the daemon: reconcile on every change and on a timer")
+    p.add_argument("dir", nargs="?", type=Path, help="the manifest directory to watch")
+    p.add_argument("--git", metavar="URL_OR_PATH", help="follow a git repository instead")
+    p.add_argument("--branch", help="the branch to follow (default: the remote's HEAD)")
+    p.add_argument("--path", default=".", help="manifest folder inside the repository")
+    p.add_argument("--interval", default="60s", help="how often to fetch the repository")
+    p.add_argument(
+        "--poll",
+        action="store_true",
+        help="poll the file system (network mounts, containers) instead of inotify",
+    )
+    p.add_argument("--resync", default="5m", help="full reconcile at least this often")
+    p.add_argument(
+        "--settle",
+        default="30s",
+        help="how long a manifest must stay gone before it counts as deleted",
+    )
+    p.add_argument(
+        "--confirm-deletions",
+        action="store_true",
+        help="allow many manifests to vanish at once (the guard holds them otherwise)",
+    )
     p = sub.add_parser("status", help="manifests, jobs, states, counts, cost, last error")
     p.add_argument("--jobs", action="store_true", help="list every job too")
     p = sub.add_parser("query", help="run read-only SQL over the results")

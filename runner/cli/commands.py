@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -16,12 +17,16 @@ from pathlib import Path
 
 from runner.adapters import results
 from runner.adapters.gemini import GeminiBackend
+from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.state import JobRow, ProcessLock, StateStore
 from runner.cli import render
+from runner.core.durations import parse_duration
 from runner.core.loader import LoadedManifest
 from runner.core.manifest import json_schema
+from runner.core.paths import confine
 from runner.core.pricing import load_prices
 from runner.engine import follow, reconcile, submit
+from runner.engine.daemon import Daemon, DaemonOptions
 from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
 from runner.errors import GbatchError, ManifestErrors
@@ -164,6 +169,41 @@ def _progress(own: list[JobRow], live: list[JobRow], started: float) -> None:
     sys.stderr.flush()
 
 
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.dir is None) == (args.git is None):
+        raise GbatchError("watch needs a directory or --git URL_OR_PATH (one of them)")
+    git = None
+    if args.git is not None:
+        git = GitCheckout(args.git, workdir=settings.state_dir / "checkout", branch=args.branch)
+        root = confine(args.path, base_dir=git.path, root=git.path)
+    else:
+        root = args.dir.resolve()
+        if not root.is_dir():
+            raise GbatchError(f"{args.dir} is not a directory")
+    options = DaemonOptions(
+        root=root,
+        poll_files=args.poll,
+        resync_s=_seconds(args.resync, "--resync"),
+        settle_s=_seconds(args.settle, "--settle"),
+        confirm_deletions=args.confirm_deletions,
+        git=git,
+        git_interval_s=_seconds(args.interval, "--interval"),
+    )
+    with ProcessLock(settings.state_dir), runtime(settings) as rt:
+        daemon = Daemon(rt, options)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: daemon.stop.set())
+        print(f"gbatch watch: {git.url if git else root} (Ctrl-C stops)", flush=True)
+        return daemon.run()
+
+
+def _seconds(text: str, option: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise GbatchError(f"{option}: {exc}") from None
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     state = StateStore(settings.state_db)
     try:
@@ -216,6 +256,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,
+    "watch": cmd_watch,
     "status": cmd_status,
     "query": cmd_query,
     "schema": cmd_schema,

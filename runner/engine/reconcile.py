@@ -183,7 +183,12 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         requests=plan.diff.total,
         status="blocked" if plan.blocked else "ok",
         last_error=plan.blocked,
+        policy=manifest.spec.policy.model_dump_json(),
     )
+    if previous is not None and previous.digest != loaded.digest:
+        _retire_old_version(
+            rt, plan.name, keep=loaded.digest, cancel=manifest.spec.policy.on_change == "cancel"
+        )
     if previous is None or previous.set_digest != plan.set_digest:
         rt.state.event("version", f"version {plan.version}: {_counts(plan)}", manifest=plan.name)
         show_current(rt, plan.name, plan.table, plan.desired, manifest.spec.output_schema)
@@ -235,3 +240,41 @@ def _counts(plan: ManifestPlan) -> str:
         f"{d.total} requests: {d.new} new, {d.changed} changed, {d.retry} retry, "
         f"{d.unchanged} unchanged, {d.in_flight} in flight, {d.removed} removed"
     )
+
+
+def _retire_old_version(rt: Runtime, name: str, *, keep: str, cancel: bool) -> None:
+    """A new version: drop the old one's unsent intents; cancel its running jobs if asked."""
+    for job in rt.state.jobs(manifest=name, live=True):
+        if job.digest == keep:
+            continue
+        if job.phase in ("planned", "uploaded"):
+            rt.state.update_job(job.id, phase="abandoned", error="superseded by a new version")
+        elif cancel and job.phase == "submitted" and job.remote_name:
+            _cancel(rt, job.id, job.remote_name, job.manifest, "policy.on_change: cancel")
+
+
+def remove_manifest(rt: Runtime, name: str) -> None:
+    """The manifest is gone: results stay; live jobs are cancelled only if its policy says so."""
+    row = rt.state.manifest(name)
+    if row is None:
+        return
+    on_delete = json.loads(row.policy or "{}").get("on_delete", "keep")
+    for job in rt.state.jobs(manifest=name, live=True):
+        if job.phase in ("planned", "uploaded"):
+            rt.state.update_job(job.id, phase="abandoned", error="manifest removed")
+        elif on_delete == "cancel" and job.phase == "submitted" and job.remote_name:
+            _cancel(rt, job.id, job.remote_name, name, "policy.on_delete: cancel")
+    rt.state.update_manifest(name, status="removed", last_error=None)
+    rt.state.event(
+        "removed", f"manifest removed (on_delete: {on_delete}); results kept", manifest=name
+    )
+    log.info("%s: removed (on_delete: %s); results kept", name, on_delete)
+
+
+def _cancel(rt: Runtime, job_id: int, remote: str, manifest: str, why: str) -> None:
+    try:
+        rt.backend.cancel_job(remote)
+    except BackendError as exc:
+        log.warning("%s: cancel %s failed: %s", manifest, remote, exc)
+        return
+    rt.state.event("cancelled", f"{remote}: {why}", manifest=manifest, job=job_id)

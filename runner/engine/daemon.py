@@ -1,0 +1,216 @@
+"""The daemon behind ``gbatch watch``: reconcile on file events, commits and a timer.
+
+Level-triggered: an event only says "look again"; each reconcile re-reads the manifests, the
+stored state and the remote jobs, and content hashes decide what changed. A periodic resync
+catches lost events. Deletions wait out a settle window and a mass-delete guard (a vanishing
+volume or a half-finished checkout must not look like intent). A watcher thread that dies
+stops the daemon with a non-zero exit. Constructed by the CLI's ``watch`` command.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.adapters.gitrepo import GitCheckout
+from runner.adapters.watcher import ManifestWatcher
+from runner.core.debounce import Debouncer
+from runner.core.loader import LoadedManifest, load_paths
+from runner.engine import follow, reconcile, submit
+from runner.engine.runtime import Runtime, log
+from runner.engine.validate import check_data
+from runner.errors import BackendError, GbatchError, ManifestError
+
+EXIT_OK, EXIT_DEAD = 0, 1
+
+
+@dataclass
+class DaemonOptions:
+    root: Path
+    poll_files: bool = False  # watchdog's polling observer (network mounts, containers)
+    resync_s: float = 300.0
+    settle_s: float = 30.0
+    mass_delete_fraction: float = 0.5
+    confirm_deletions: bool = False
+    quiet_s: float = 0.3
+    max_wait_s: float = 5.0
+    git: GitCheckout | None = None
+    git_interval_s: float = 60.0
+
+
+@dataclass
+class _Missing:
+    since: float
+    held: bool = False
+
+
+@dataclass
+class Daemon:
+    rt: Runtime
+    options: DaemonOptions
+    stop: threading.Event = field(default_factory=threading.Event)
+    known: dict[str, LoadedManifest] = field(default_factory=dict)
+    _events: queue.Queue[Path] = field(default_factory=queue.Queue)
+    _missing: dict[str, _Missing] = field(default_factory=dict)
+    cycles: int = 0
+
+    def run(self) -> int:
+        """Serve until ``stop`` is set; EXIT_DEAD when the watcher thread died."""
+        watcher = None
+        if self.options.git is None:
+            watcher = ManifestWatcher(
+                self.options.root, on_path=self._events.put, poll=self.options.poll_files
+            )
+            watcher.start()
+        debouncer = Debouncer(quiet=self.options.quiet_s, max_wait=self.options.max_wait_s)
+        next_resync = next_git = 0.0
+        next_poll = 0.0
+        try:
+            while not self.stop.is_set():
+                if watcher is not None and not watcher.is_alive():
+                    log.error("the file watcher died; stopping (a restart resumes all work)")
+                    return EXIT_DEAD
+                now = time.monotonic()
+                self._drain(debouncer, now)
+                changed = debouncer.ready(now)
+                full = now >= next_resync
+                if self.options.git is not None and now >= next_git:
+                    full = self._sync_git() or full
+                    next_git = now + self.options.git_interval_s
+                if full or changed:
+                    self.reconcile(None if full else changed)
+                    if full:
+                        next_resync = now + self.options.resync_s
+                if full or changed or now >= next_poll:
+                    self._follow()
+                    next_poll = time.monotonic() + self.rt.settings.poll_interval_s
+                self.cycles += 1
+                deadlines = [next_resync, next_poll, debouncer.next_deadline() or next_poll]
+                if self.options.git is not None:
+                    deadlines.append(next_git)
+                self._wait_until(min(deadlines), debouncer)
+            return EXIT_OK
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    def _drain(self, debouncer: Debouncer, now: float) -> None:
+        while True:
+            try:
+                debouncer.add(self._events.get_nowait(), now)
+            except queue.Empty:
+                return
+
+    def _wait_until(self, deadline: float, debouncer: Debouncer) -> None:
+        """Sleep until the deadline, an event or stop; events wake us to start debouncing."""
+        timeout = max(0.0, deadline - time.monotonic())
+        try:
+            path = self._events.get(timeout=min(timeout, 1.0))
+        except queue.Empty:
+            return
+        debouncer.add(path, time.monotonic())
+
+    def _sync_git(self) -> bool:
+        """Fetch; True when a new commit is checked out (then everything is reconciled)."""
+        assert self.options.git is not None
+        try:
+            commit = self.options.git.sync()
+        except GbatchError as exc:
+            log.error("git: %s", exc)
+            self.rt.state.event("git_error", str(exc))
+            return False
+        if commit != self.rt.commit:
+            log.info("git: at %s", commit[:12])
+            self.rt.state.event("commit", commit)
+            self.rt.commit = commit
+            return True
+        return False
+
+    def reconcile(self, changed: set[Path] | None) -> None:
+        """Re-read manifests (all, or those in changed files) and apply each valid one."""
+        loaded, errors = load_paths([self.options.root])
+        seen_files = {item.path for item in loaded} | {
+            e.location.path for e in errors if e.location is not None
+        }
+        by_name = {item.manifest.name: item for item in loaded}
+        touches_data = changed is None or any(p.suffix not in (".yaml", ".yml") for p in changed)
+        for error in errors:
+            self._invalid(error)
+        for name, item in by_name.items():
+            if not touches_data and changed is not None and item.path not in changed:
+                self.known.setdefault(name, item)
+                continue
+            problem = check_data(item)
+            if problem is not None:
+                self._invalid(problem)
+                continue
+            try:
+                reconcile.apply_manifest(self.rt, item)
+                self.known[name] = item
+            except ManifestError as exc:
+                self._invalid(exc)
+            except GbatchError as exc:
+                log.error("%s: %s", name, exc)
+                self.rt.state.update_manifest(name, last_error=str(exc))
+        self._deletions(by_name, seen_files)
+        try:
+            submit.submit_pending(self.rt)
+        except BackendError as exc:
+            log.warning("submit: %s", exc)
+
+    def _invalid(self, error: ManifestError) -> None:
+        """Keep the last good version running; show the error on the manifests of that file."""
+        log.error("%s", error)
+        path = str(error.location.path) if error.location else None
+        for row in self.rt.state.manifests():
+            if path is not None and row.path == path and row.status != "removed":
+                self.rt.state.update_manifest(row.name, status="invalid", last_error=str(error))
+        self.rt.state.event("invalid", str(error))
+
+    def _deletions(self, present: dict[str, LoadedManifest], seen_files: set[Path]) -> None:
+        """Manifests gone from the root: settle, guard against mass deletion, then remove."""
+        active = [
+            m
+            for m in self.rt.state.manifests()
+            if m.status != "removed" and Path(m.path).is_relative_to(self.options.root.resolve())
+        ]
+        gone = [m for m in active if m.name not in present and Path(m.path) not in seen_files]
+        for name in list(self._missing):
+            if name in present:
+                log.info("%s: back again", name)
+                del self._missing[name]
+        now = time.monotonic()
+        for row in gone:
+            self._missing.setdefault(row.name, _Missing(since=now))
+        guard = (
+            len(gone) >= 2
+            and len(gone) >= self.options.mass_delete_fraction * len(active)
+            and not self.options.confirm_deletions
+        )
+        for row in gone:
+            missing = self._missing[row.name]
+            if guard:
+                if not missing.held:
+                    message = (
+                        f"{len(gone)} of {len(active)} manifests vanished at once; holding "
+                        "them (restart with --confirm-deletions if this is intended)"
+                    )
+                    log.warning("%s: %s", row.name, message)
+                    self.rt.state.update_manifest(row.name, status="missing", last_error=message)
+                    missing.held = True
+                continue
+            if now - missing.since < self.options.settle_s:
+                self.rt.state.update_manifest(row.name, status="missing")
+                continue
+            reconcile.remove_manifest(self.rt, row.name)
+            del self._missing[row.name]
+
+    def _follow(self) -> None:
+        try:
+            follow.follow_once(self.rt, self.known)
+            submit.submit_pending(self.rt)
+        except BackendError as exc:
+            log.warning("follow: %s", exc)
