@@ -171,3 +171,29 @@ class Manifest(Strict):
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the full manifest form, for editors (``gbatch schema``)."""
     return Manifest.model_json_schema(by_alias=True)
+
+
+RESERVED_COLUMNS = (
+    "key",
+    "status",
+    "text",
+    "response",
+    "error",
+    "finish_reason",
+    "prompt_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "thoughts_tokens",
+    "total_tokens",
+    "cost_usd",
+    "model_version",
+    "job",
+    "manifest",
+    "manifest_version",
+    "commit",
+    "request_hash",
+    "ingested_at",
+    "request",
+    "request_bytes",
+    "row_number",
+)
