@@ -114,6 +114,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
                 table=table,
                 result_file=result_file,
                 requests=Path(job.request_file),
+                current=Path(row.request_set) if row and row.request_set else None,
                 output_schema=schema,
                 price=rt.prices.for_model(job.model),
                 job=job.remote_name or job.display_name,

@@ -1,0 +1,1 @@
+"""Adapters: each owns one foreign library (google-genai, duckdb, sqlite3, watchdog, git)."""

@@ -1,0 +1,94 @@
+"""Small DuckDB helpers shared by the DuckDB adapters: quoting, connections, lockdown, errors.
+
+Opening a database file that another process holds raises StoreBusyError (DuckDB allows one
+writer process or many readers, never both); every other duckdb.Error becomes StoreError
+unless the caller maps it. Used by sources, results and ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+
+from runner.errors import StoreBusyError, StoreError
+
+Error = duckdb.Error
+Connection = duckdb.DuckDBPyConnection
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """A quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def path_list(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join(literal(str(p)) for p in paths) + "]"
+
+
+def memory(*, temp_dir: Path | None = None, memory_limit: str = "2GB") -> Connection:
+    """An in-memory connection for set work; spills to ``temp_dir`` instead of running out."""
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "memory_limit": memory_limit,
+        "preserve_insertion_order": True,
+    }
+    if temp_dir is not None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(temp_dir)
+    return duckdb.connect(":memory:", config=config)
+
+
+def open_file(path: Path, *, read_only: bool) -> Connection:
+    """A connection to a database file; StoreBusyError when another process holds it."""
+    if read_only and not path.exists():
+        raise StoreError(f"no results database at {path} yet: nothing has been ingested")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise StoreBusyError(
+                f"{path} is held by another process ({_holder(exc)}); gbatch retries the write "
+                "later. Readers should open it read-only (duckdb -readonly)."
+            ) from exc
+        raise StoreError(f"{path}: {exc}") from exc
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+
+
+def _holder(exc: Exception) -> str:
+    text = str(exc)
+    marker = "(PID "
+    if marker in text:
+        return "PID " + text.split(marker, 1)[1].split(")", 1)[0]
+    return "a conflicting lock"
+
+
+def lock_down(con: Connection, *, readable: Sequence[Path] = ()) -> None:
+    """No file access except reading under ``readable``; no extensions; settings frozen."""
+    con.execute("set autoinstall_known_extensions = false")
+    con.execute("set autoload_known_extensions = false")
+    if readable:
+        dirs = ", ".join(literal(str(p.resolve()) + "/") for p in readable)
+        con.execute(f"set allowed_directories = [{dirs}]")
+    con.execute("set enable_external_access = false")
+    con.execute("set lock_configuration = true")
+
+
+def single_select(sql: str) -> str | None:
+    """Why ``sql`` is not exactly one SELECT statement (None when it is)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        return f"not valid SQL: {exc}"
+    if len(statements) != 1:
+        return f"expected one SELECT statement, got {len(statements)} statements"
+    if statements[0].type != duckdb.StatementType.SELECT:
+        return f"only SELECT is allowed, got {statements[0].type.name}"
+    return None

@@ -1,0 +1,338 @@
+"""Rows in, request set out: a manifest's source rendered into requests, all inside DuckDB.
+
+The template compiles to one SQL string expression and the constant parts of the request
+(``runner.core.requests.RequestShape``) are glued around the escaped text, so a million rows
+never pass through a Python loop. The result is a Parquet file of key, request_hash, request,
+request_bytes, row_number and the source row's own columns. Called by validate, reconcile
+(build_requests) and submit (write_jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.adapters.duck import (
+    Connection,
+    Error,
+    ident,
+    literal,
+    lock_down,
+    memory,
+    path_list,
+    single_select,
+)
+from runner.core import template
+from runner.core.manifest import RESERVED_COLUMNS, Manifest
+from runner.core.paths import PathEscapeError, confine, confine_glob
+from runner.core.requests import hash_salt, request_shape
+from runner.errors import ManifestError
+
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
+ROW_HASH_CHARS = 16
+
+
+@dataclass(frozen=True)
+class RequestSet:
+    path: Path
+    count: int
+    total_bytes: int
+    columns: list[tuple[str, str]]
+
+
+def _files(manifest: Manifest, *, field: str, base_dir: Path, root: Path) -> list[Path]:
+    pattern = getattr(manifest.spec.source, field)
+    try:
+        if any(ch in pattern for ch in "*?["):
+            return confine_glob(pattern, base_dir=base_dir, root=root)
+        path = confine(pattern, base_dir=base_dir, root=root)
+    except PathEscapeError as exc:
+        raise ManifestError(str(exc), field=f"source.{field}") from None
+    except FileNotFoundError as exc:
+        raise ManifestError(str(exc), field=f"source.{field}") from None
+    if not path.is_file():
+        raise ManifestError(f"no such file: {pattern} (looked at {path})", field=f"source.{field}")
+    return [path]
+
+
+def _relation(
+    con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, scratch: Path
+) -> str:
+    """SQL for the source's rows (a table function call or a temp table name)."""
+    source = manifest.spec.source
+    if source.path is not None:
+        files = _files(manifest, field="path", base_dir=base_dir, root=root)
+        kind = source.format or FORMATS.get(files[0].suffix.lower())
+        if kind is None:
+            raise ManifestError(
+                f"cannot tell the format of {files[0].name}; set source.format "
+                "(csv, jsonl or parquet)",
+                field="source.format",
+            )
+        reader = {
+            "csv": "read_csv({}, header = true, union_by_name = true)",
+            "jsonl": "read_json({}, format = 'newline_delimited', union_by_name = true)",
+            "parquet": "read_parquet({}, union_by_name = true)",
+        }[kind]
+        return reader.format(path_list(files))
+    if source.rows is not None:
+        if not source.rows:
+            raise ManifestError("rows is empty", field="source.rows")
+        inline = scratch / "rows.json"
+        inline.write_text(json.dumps(source.rows, ensure_ascii=False, default=str))
+        return f"read_json({literal(str(inline))}, format = 'array')"
+    if source.query is not None:
+        problem = single_select(source.query)
+        if problem:
+            raise ManifestError(problem, field="source.query")
+        query = con.cursor()
+        query.execute(f"set file_search_path = {literal(str(base_dir))}")
+        lock_down(query, readable=[root, scratch])
+        try:
+            query.execute(f"create temp table query_rows as ({source.query})")
+        except Error as exc:
+            raise ManifestError(
+                f"the query failed: {_first_line(exc)}", field="source.query"
+            ) from None
+        # temp tables are per connection: copy the rows out to the main connection
+        query.execute(
+            f"copy query_rows to {literal(str(scratch / 'query.parquet'))} (format parquet)"
+        )
+        query.close()
+        return f"read_parquet({literal(str(scratch / 'query.parquet'))})"
+    raise AssertionError("requests sources are read by _passthrough")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def _columns(con: Connection, table: str) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in con.execute(f"describe {table}").fetchall()]
+
+
+def _load(
+    con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, scratch: Path
+) -> list[tuple[str, str]]:
+    """Materialise the source as table ``src`` with a 1-based row_number; its columns."""
+    relation = _relation(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
+    try:
+        con.execute(f"create temp table src as select * from {relation}")
+    except Error as exc:
+        field = "source.path" if manifest.spec.source.path else "source.rows"
+        raise ManifestError(f"cannot read the source: {_first_line(exc)}", field=field) from None
+    columns = _columns(con, "src")
+    con.execute("create temp table src_n as select row_number() over () as __row, * from src")
+    return columns
+
+
+def source_columns(manifest: Manifest, *, base_dir: Path, root: Path) -> list[tuple[str, str]]:
+    """The source's columns (name, DuckDB type), for validation and `plan`."""
+    if manifest.spec.source.requests is not None:
+        return [("key", "VARCHAR"), ("request", "JSON")]
+    with tempfile.TemporaryDirectory(prefix="gbatch-src-") as scratch:
+        con = memory(temp_dir=Path(scratch) / "spill")
+        try:
+            return _load(con, manifest, base_dir=base_dir, root=root, scratch=Path(scratch))
+        finally:
+            con.close()
+
+
+def _render_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
+    """The template as one SQL expression over table ``src_n``; unknown columns are errors."""
+    assert manifest.spec.prompt is not None
+    names = {name.lower(): name for name, _ in columns}
+    pieces = []
+    for part in template.parse(manifest.spec.prompt.template):
+        if isinstance(part, template.Literal):
+            pieces.append(literal(part.text))
+            continue
+        actual = names.get(part.name.lower())
+        if actual is None:
+            available = ", ".join(name for name, _ in columns)
+            raise ManifestError(
+                f"the template uses {{{{ {part.name} }}}} but the source has no such column "
+                f"(columns: {available})",
+                field="prompt.template",
+            )
+        pieces.append(f"coalesce(cast({ident(actual)} as varchar), '')")
+    return "concat(" + ", ".join(pieces or ["''"]) + ")"
+
+
+def _key_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
+    key = manifest.spec.source.key
+    if key is None:
+        return f"substr(sha256(to_json(struct_pack({_all_columns(columns)}))), 1, {ROW_HASH_CHARS})"
+    names = {name.lower(): name for name, _ in columns}
+    if key.lower() not in names:
+        available = ", ".join(name for name, _ in columns)
+        raise ManifestError(
+            f"no column {key!r} for the key (columns: {available})", field="source.key"
+        )
+    return f"cast({ident(names[key.lower()])} as varchar)"
+
+
+def _all_columns(columns: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{ident(name)} := {ident(name)}" for name, _ in columns)
+
+
+def _renamed(columns: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
+    """Source columns for the set, renamed ``source_<name>`` where they clash with ours."""
+    selected, stored = [], []
+    for name, kind in columns:
+        target = f"source_{name}" if name.lower() in RESERVED_COLUMNS else name
+        selected.append(f"{ident(name)} as {ident(target)}")
+        stored.append((target, kind))
+    return (", " + ", ".join(selected)) if selected else "", stored
+
+
+def _check_keys(con: Connection) -> None:
+    missing = con.execute("select min(row_number) from rendered where key is null").fetchone()
+    if missing and missing[0] is not None:
+        raise ManifestError(
+            f"row {missing[0]} has no key (the key column is empty)", field="source.key"
+        )
+    dupes = con.execute(
+        "select key, list(row_number order by row_number) from rendered group by key "
+        "having count(*) > 1 order by min(row_number) limit 3"
+    ).fetchall()
+    if dupes:
+        detail = "; ".join(
+            f"{key!r} at rows {', '.join(map(str, rows[:5]))}" for key, rows in dupes
+        )
+        raise ManifestError(f"duplicate keys: {detail}", field="source.key")
+
+
+def build_requests(
+    manifest: Manifest, *, base_dir: Path, root: Path, out: Path, cache_digest: str = ""
+) -> RequestSet:
+    """Render every source row into a request; write the set to ``out`` (Parquet, atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gbatch-build-", dir=out.parent) as scratch_dir:
+        scratch = Path(scratch_dir)
+        con = memory(temp_dir=scratch / "spill")
+        try:
+            if manifest.spec.source.requests is not None:
+                columns = _passthrough(
+                    con,
+                    manifest,
+                    base_dir=base_dir,
+                    root=root,
+                    salt=hash_salt(manifest, cache_digest),
+                )
+            else:
+                columns = _templated(
+                    con,
+                    manifest,
+                    base_dir=base_dir,
+                    root=root,
+                    scratch=scratch,
+                    cache_digest=cache_digest,
+                )
+            _check_keys(con)
+            partial = out.with_name(out.name + ".part")
+            con.execute(
+                f"copy (select * from rendered order by key) to "
+                f"{literal(str(partial))} (format parquet)"
+            )
+            os.replace(partial, out)
+            count, size = con.execute(
+                "select count(*), coalesce(sum(request_bytes), 0) from rendered"
+            ).fetchone() or (0, 0)
+        finally:
+            con.close()
+    return RequestSet(path=out, count=int(count), total_bytes=int(size), columns=columns)
+
+
+def _templated(
+    con: Connection,
+    manifest: Manifest,
+    *,
+    base_dir: Path,
+    root: Path,
+    scratch: Path,
+    cache_digest: str,
+) -> list[tuple[str, str]]:
+    columns = _load(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
+    shape = request_shape(manifest, cache_digest=cache_digest)
+    text = _render_sql(manifest, columns)
+    key = _key_sql(manifest, columns)
+    extra, stored = _renamed(columns)
+    con.execute(
+        f"""
+        create temp table rendered as
+        select key, sha256({literal(shape.salt)} || request) as request_hash, request,
+               strlen(request) as request_bytes, row_number{extra}
+        from (
+            select {key} as key,
+                   {literal(shape.prefix)} || to_json({text})::varchar || {literal(shape.suffix)}
+                       as request,
+                   __row as row_number, *
+            from src_n
+        )
+        """
+    )
+    return stored
+
+
+def _passthrough(
+    con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, salt: str
+) -> list[tuple[str, str]]:
+    (path,) = _files(manifest, field="requests", base_dir=base_dir, root=root)
+    try:
+        con.execute(
+            f"""
+            create temp table lines as
+            select row_number() over () as row_number, key, request
+            from read_json({literal(str(path))}, format = 'newline_delimited',
+                           columns = {{'key': 'VARCHAR', 'request': 'JSON'}})
+            """
+        )
+    except Error as exc:
+        raise ManifestError(
+            f"cannot read {path.name}: {_first_line(exc)}", field="source.requests"
+        ) from None
+    bad = con.execute(
+        "select row_number from lines where request is null or json_type(request) != 'OBJECT' "
+        "order by row_number limit 1"
+    ).fetchone()
+    if bad:
+        raise ManifestError(
+            f"line {bad[0]} of {path.name} has no request object", field="source.requests"
+        )
+    con.execute(
+        f"""
+        create temp table rendered as
+        select key, sha256({literal(salt)} || request::varchar) as request_hash,
+               request::varchar as request, strlen(request::varchar) as request_bytes, row_number
+        from lines
+        """
+    )
+    return []
+
+
+def write_jsonl(requests: Path, out: Path) -> tuple[int, int]:
+    """The set's rows as ``{"key", "request"}`` JSONL (request embedded as an object)."""
+    con = memory()
+    try:
+        partial = out.with_name(out.name + ".part")
+        con.execute(
+            f"copy (select key, json(request) as request from read_parquet("
+            f"{literal(str(requests))}) order by row_number) to {literal(str(partial))} "
+            "(format json)"
+        )
+        os.replace(partial, out)
+        row = con.execute(f"select count(*) from read_parquet({literal(str(requests))})").fetchone()
+    finally:
+        con.close()
+    return int(row[0]) if row else 0, out.stat().st_size
