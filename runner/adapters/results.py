@@ -113,7 +113,8 @@ def _parse(
                list_aggr(list_transform(list_filter(
                    from_json(json_extract(l.response, '$.candidates[0].content.parts'),
                              '{PARTS}'),
-                   lambda p: not coalesce(p.thought, false)), lambda p: p.text), 'string_agg', '') text
+                   lambda p: not coalesce(p.thought, false)), lambda p: p.text),
+                   'string_agg', '') text
                {"".join(f", r.{ident(c)}" for c in source_cols)}
         from lines l left join req r using (key)
         """
@@ -283,14 +284,13 @@ def _write_sources(con: Connection, table: str, job: str) -> None:
         select key, {literal(job)} job,
                array_to_string(m.webSearchQueries, ' | ') query,
                m.groundingChunks[i + 1].web.uri uri, m.groundingChunks[i + 1].web.title title,
-               (list_filter(m.groundingSupports,
-                   lambda s: list_contains(s.groundingChunkIndices, i))[1]).segment.text segment_text,
-               (list_filter(m.groundingSupports,
-                   lambda s: list_contains(s.groundingChunkIndices, i))[1]).segment.startIndex
-                   start_index,
-               (list_filter(m.groundingSupports,
-                   lambda s: list_contains(s.groundingChunkIndices, i))[1]).segment.endIndex end_index
-        from chunks
+               support.segment.text segment_text, support.segment.startIndex start_index,
+               support.segment.endIndex end_index
+        from (
+            select *, list_filter(m.groundingSupports,
+                lambda s: list_contains(s.groundingChunkIndices, i))[1] support
+            from chunks
+        )
         """
     )
     count = con.execute("select count(*) from grounding").fetchone()

@@ -1,0 +1,114 @@
+"""The engine against the fake backend: reconcile, submit, adopt, follow, ingest, with real
+DuckDB and SQLite files. The HTTP path is covered by the e2e tests against the emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from runner.adapters.state import StateStore
+from runner.core.loader import load_paths
+from runner.core.pricing import load_prices
+from runner.engine import follow, reconcile, submit
+from runner.engine.runtime import Runtime
+from runner.errors import TransientBackendError, UnclearCreateError
+from runner.settings import Settings
+from tests.fakes import FakeBackend
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Runtime:
+    settings = Settings(db=tmp_path / "results.duckdb", state_dir=tmp_path / "state",
+                        max_backoff_s=0.01)
+    return Runtime(settings=settings, state=StateStore(settings.state_db),
+                   backend=FakeBackend(), prices=load_prices())
+
+
+def manifests(tmp_path: Path, rows: int = 3, per_job: int = 100) -> dict[str, object]:
+    root = tmp_path / "m"
+    root.mkdir(exist_ok=True)
+    body = "".join(f"  - {{n: {i}}}\n" for i in range(rows))
+    (root / "nums.yaml").write_text(
+        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n" + body
+        + f"prompt: {{template: 'Number {{{{ n }}}}'}}\npolicy: {{max_requests_per_job: {per_job}}}\n"
+    )
+    loaded, errors = load_paths([root])
+    assert not errors
+    return {item.manifest.name: item for item in loaded}
+
+
+def run_to_end(rt: Runtime, loaded: dict[str, object]) -> None:
+    for item in loaded.values():
+        reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
+    submit.submit_pending(rt)
+    for _ in range(10):
+        report = follow.follow_once(rt, loaded)  # type: ignore[arg-type]
+        if report.live == 0:
+            return
+        submit.submit_pending(rt)
+    raise AssertionError("jobs did not finish")
+
+
+def rows(rt: Runtime, sql: str) -> list[tuple[object, ...]]:
+    con = duckdb.connect(str(rt.results_db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_apply_follow_ingest_and_reapply_creates_nothing(rt: Runtime, tmp_path: Path) -> None:
+    loaded = manifests(tmp_path, rows=5, per_job=2)
+    run_to_end(rt, loaded)
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    assert fake.count("create") == 3
+    assert rows(rt, "select count(*), count(*) filter (status = 'succeeded') from nums") == [(5, 5)]
+    assert rows(rt, "select text from nums where key = '3'") == [("echo: Number 3",)]
+    run_to_end(rt, loaded)
+    assert fake.count("create") == 3
+    assert {j.phase for j in rt.state.jobs()} == {"ingested"}
+
+
+def test_a_create_whose_reply_is_lost_is_adopted_not_repeated(rt: Runtime, tmp_path: Path) -> None:
+    loaded = manifests(tmp_path)
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    fake.enqueue("create_lost", UnclearCreateError("timed out"))
+    run_to_end(rt, loaded)
+    assert fake.count("create") == 1 and len(fake.jobs) == 1
+    assert rows(rt, "select count(*) from nums") == [(3,)]
+
+
+def test_a_crash_after_create_sent_is_resolved_by_listing(rt: Runtime, tmp_path: Path) -> None:
+    loaded = manifests(tmp_path)
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    fake.enqueue("create_lost", UnclearCreateError("timed out"))
+    fake.enqueue("list", TransientBackendError("503", delay=0.0))  # adoption cannot list yet
+    (item,) = loaded.values()
+    reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
+    report = submit.submit_pending(rt)
+    assert report.waiting == 1
+    assert [j.phase for j in rt.state.jobs()] == ["submitting"]
+    rt.backoff_until = 0.0
+    run_to_end(rt, loaded)
+    assert fake.count("create") == 1
+    assert [j.phase for j in rt.state.jobs()] == ["ingested"]
+
+
+def test_a_429_on_create_waits_and_then_creates_once(rt: Runtime, tmp_path: Path) -> None:
+    loaded = manifests(tmp_path)
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    fake.enqueue("create", *[TransientBackendError("429", code=429, delay=0.0)] * 3)
+    (item,) = loaded.values()
+    reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert submit.submit_pending(rt).waiting == 1
+        assert [j.phase for j in rt.state.jobs()] == ["uploaded"]
+    run_to_end(rt, loaded)
+    assert fake.count("create") == 4 and len(fake.jobs) == 1
+    assert fake.count("upload") == 1

@@ -1,0 +1,91 @@
+"""A fake Backend at the project's own port (runner.core.ports.Backend), for engine tests.
+
+It answers like a tiny batch service: uploads are kept, jobs succeed at the first look, the
+answer echoes the prompt. ``history`` records every call; ``enqueue`` makes the next calls
+of a method raise the given errors ("create" refuses before creating; "create_lost" creates
+the job and then loses the reply, like a timeout after the server acted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runner.core.jobs import JobState, RemoteJob
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.files: dict[str, list[str]] = {}
+        self.jobs: dict[str, RemoteJob] = {}
+        self.inputs: dict[str, list[str]] = {}
+        self.history: list[tuple[str, str]] = []
+        self._errors: dict[str, list[Exception]] = defaultdict(list)
+        self._ids = itertools.count(1)
+
+    def enqueue(self, method: str, *errors: Exception) -> None:
+        self._errors[method].extend(errors)
+
+    def _call(self, method: str, detail: str = "") -> None:
+        self.history.append((method, detail))
+        if self._errors[method]:
+            raise self._errors[method].pop(0)
+
+    def count(self, method: str) -> int:
+        return sum(1 for m, _ in self.history if m == method)
+
+    def upload_jsonl(self, path: Path, *, display_name: str) -> str:
+        self._call("upload", display_name)
+        name = f"files/f{next(self._ids)}"
+        self.files[name] = path.read_text().splitlines()
+        return name
+
+    def create_job(
+        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+    ) -> RemoteJob:
+        self._call("create", display_name)
+        name = f"batches/b{next(self._ids)}"
+        lines = self.files[src_file] if src_file else (inline.read_text().splitlines() if inline else [])
+        self.inputs[name] = lines
+        self.jobs[name] = RemoteJob(name=name, display_name=display_name, state=JobState.SUCCEEDED,
+                                    result_file=f"files/batch-{name[8:]}", request_count=len(lines))
+        if self._errors["create_lost"]:
+            raise self._errors["create_lost"].pop(0)
+        return RemoteJob(name=name, display_name=display_name, state=JobState.PENDING)
+
+    def list_jobs(self, *, max_pages: int | None = None) -> Iterator[RemoteJob]:
+        self._call("list")
+        yield from reversed(list(self.jobs.values()))
+
+    def get_job(self, name: str) -> RemoteJob:
+        self._call("get", name)
+        return self.jobs[name]
+
+    def cancel_job(self, name: str) -> None:
+        self._call("cancel", name)
+
+    def download_results(self, job: RemoteJob, dest: Path) -> None:
+        self._call("download", job.name)
+        with dest.open("w") as out:
+            for line in self.inputs[job.name]:
+                entry = json.loads(line)
+                text = entry["request"]["contents"][-1]["parts"][0]["text"]
+                out.write(json.dumps({"key": entry["key"], "response": _answer(text)}) + "\n")
+
+    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:
+        self._call("count_tokens")
+        return max(1, len(json.dumps(contents)) // 4)
+
+
+def _answer(text: str) -> dict[str, Any]:
+    return {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": f"echo: {text}"}]},
+                        "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
+                          "totalTokenCount": 15},
+        "modelVersion": "fake-001",
+    }
