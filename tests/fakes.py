@@ -49,10 +49,19 @@ class FakeBackend:
     ) -> RemoteJob:
         self._call("create", display_name)
         name = f"batches/b{next(self._ids)}"
-        lines = self.files[src_file] if src_file else (inline.read_text().splitlines() if inline else [])
+        lines = (
+            self.files[src_file]
+            if src_file
+            else (inline.read_text().splitlines() if inline else [])
+        )
         self.inputs[name] = lines
-        self.jobs[name] = RemoteJob(name=name, display_name=display_name, state=JobState.SUCCEEDED,
-                                    result_file=f"files/batch-{name[8:]}", request_count=len(lines))
+        self.jobs[name] = RemoteJob(
+            name=name,
+            display_name=display_name,
+            state=JobState.SUCCEEDED,
+            result_file=f"files/batch-{name[8:]}",
+            request_count=len(lines),
+        )
         if self._errors["create_lost"]:
             raise self._errors["create_lost"].pop(0)
         return RemoteJob(name=name, display_name=display_name, state=JobState.PENDING)
@@ -83,9 +92,12 @@ class FakeBackend:
 
 def _answer(text: str) -> dict[str, Any]:
     return {
-        "candidates": [{"content": {"role": "model", "parts": [{"text": f"echo: {text}"}]},
-                        "finishReason": "STOP"}],
-        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
-                          "totalTokenCount": 15},
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"text": f"echo: {text}"}]},
+                "finishReason": "STOP",
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
         "modelVersion": "fake-001",
     }

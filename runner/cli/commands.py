@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters import results
@@ -106,7 +107,7 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     loaded = _validated(args.paths)
     by_name = {item.manifest.name: item for item in loaded}
     with ProcessLock(settings.state_dir), runtime(settings) as rt:
-        started = time.monotonic()
+        progress = Progress(started=time.monotonic())
         for _round in range(MAX_WAIT_ROUNDS):
             plans = [reconcile.apply_manifest(rt, item) for item in loaded]
             report = submit.submit_pending(rt, manifests=set(by_name))
@@ -117,56 +118,66 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
                     f"waiting {report.waiting}; `gbatch status` follows them"
                 )
                 return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
-            _wait(
-                rt,
-                by_name,
-                started,
-                resubmit=lambda: submit.submit_pending(rt, manifests=set(by_name)),
-            )
-            if not any(p.diff.submit_requests and not p.blocked for p in plans):
-                break
+            ingested_before = _ingested(rt, by_name)
+            _wait(rt, by_name, progress)
+            more = any(p.diff.submit_requests and not p.blocked for p in plans)
+            if not more or _ingested(rt, by_name) == ingested_before:
+                break  # done, or a round that finished nothing: retrying would not help
         print()
         print(render.status(rt.state.manifests(), rt.state.jobs()))
-        failed = any(j.phase == "abandoned" for j in rt.state.jobs())
+        failed = any(j.phase == "abandoned" for j in rt.state.jobs() if j.manifest in by_name)
         return EXIT_FAILED if failed or any(p.blocked for p in plans) else EXIT_OK
 
 
-def _wait(
-    rt: Runtime,
-    manifests: dict[str, LoadedManifest],
-    started: float,
-    *,
-    resubmit: Callable[[], submit.SubmitReport],
-) -> None:
-    """Poll until none of these manifests' jobs is live, printing a progress line."""
-    interval = rt.settings.poll_interval_s
+def _ingested(rt: Runtime, manifests: dict[str, LoadedManifest]) -> int:
+    return sum(1 for j in rt.state.jobs() if j.manifest in manifests and j.phase == "ingested")
+
+
+def _wait(rt: Runtime, manifests: dict[str, LoadedManifest], progress: Progress) -> None:
+    """Poll until none of these manifests' jobs is live, printing progress."""
     while True:
         report = follow.follow_once(rt, manifests)
         own = [j for j in rt.state.jobs() if j.manifest in manifests]
         live = [j for j in own if j.phase not in ("ingested", "abandoned")]
-        _progress(own, live, started)
+        progress.show(own, live)
         if not live:
-            sys.stderr.write("\n")
+            progress.end()
             return
         if any(j.phase in ("planned", "uploaded", "submitting") for j in live):
-            resubmit()
+            submit.submit_pending(rt, manifests=set(manifests))
         if report.ingested == 0:
-            time.sleep(interval)
+            time.sleep(rt.settings.poll_interval_s)
 
 
-def _progress(own: list[JobRow], live: list[JobRow], started: float) -> None:
-    done = len(own) - len(live)
-    requests = sum(j.requests for j in own)
-    answered = sum(j.succeeded + j.failed for j in own)
-    cost = sum(j.cost_usd or 0.0 for j in own)
-    elapsed = int(time.monotonic() - started)
-    line = (
-        f"[{elapsed // 60:02d}:{elapsed % 60:02d}] jobs {done}/{len(own)} done · "
-        f"requests {answered}/{requests} answered · cost so far {render.money(cost)}"
-    )
-    end = "\r" if sys.stderr.isatty() else "\n"
-    sys.stderr.write(line + end)
-    sys.stderr.flush()
+@dataclass
+class Progress:
+    """One status line: rewritten in place on a terminal, printed on change otherwise."""
+
+    started: float
+    last: str = ""
+
+    def show(self, own: list[JobRow], live: list[JobRow]) -> None:
+        done = len(own) - len(live)
+        requests = sum(j.requests for j in own)
+        answered = sum(j.succeeded + j.failed for j in own)
+        cost = sum(j.cost_usd or 0.0 for j in own)
+        states = ", ".join(sorted({j.remote_state or j.phase for j in live})) or "done"
+        text = (
+            f"jobs {done}/{len(own)} done ({states}) · requests {answered}/{requests} answered"
+            f" · cost so far {render.money(cost)}"
+        )
+        elapsed = int(time.monotonic() - self.started)
+        line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}"
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + line)
+        elif text != self.last:
+            sys.stderr.write(line + "\n")
+        self.last = text
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
 
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:

@@ -122,7 +122,7 @@ def test_a_parquet_glob_and_inline_rows_are_sources_too(gbatch: Gbatch) -> None:
         )
     con.close()
     gbatch.write(
-        "glob.yaml",
+        "parts.yaml",
         "model: gemini-2.5-flash\nsource: {path: 'data/*.parquet', key: id}\n"
         "prompt: {template: 'Write about {{ topic }}'}\n",
     )
@@ -134,7 +134,7 @@ def test_a_parquet_glob_and_inline_rows_are_sources_too(gbatch: Gbatch) -> None:
     )
     result = gbatch("apply", "manifests", "--wait")
     assert result.code == 0, result.err
-    assert gbatch.sql("select count(*), count(*) filter (status = 'succeeded') from glob") == [
+    assert gbatch.sql("select count(*), count(*) filter (status = 'succeeded') from parts") == [
         (6, 6)
     ]
     assert gbatch.sql("select city, text from inline order by city") == [

@@ -20,10 +20,15 @@ from tests.fakes import FakeBackend
 
 @pytest.fixture
 def rt(tmp_path: Path) -> Runtime:
-    settings = Settings(db=tmp_path / "results.duckdb", state_dir=tmp_path / "state",
-                        max_backoff_s=0.01)
-    return Runtime(settings=settings, state=StateStore(settings.state_db),
-                   backend=FakeBackend(), prices=load_prices())
+    settings = Settings(
+        db=tmp_path / "results.duckdb", state_dir=tmp_path / "state", max_backoff_s=0.01
+    )
+    return Runtime(
+        settings=settings,
+        state=StateStore(settings.state_db),
+        backend=FakeBackend(),
+        prices=load_prices(),
+    )
 
 
 def manifests(tmp_path: Path, rows: int = 3, per_job: int = 100) -> dict[str, object]:
@@ -31,7 +36,8 @@ def manifests(tmp_path: Path, rows: int = 3, per_job: int = 100) -> dict[str, ob
     root.mkdir(exist_ok=True)
     body = "".join(f"  - {{n: {i}}}\n" for i in range(rows))
     (root / "nums.yaml").write_text(
-        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n" + body
+        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n"
+        + body
         + f"prompt: {{template: 'Number {{{{ n }}}}'}}\npolicy: {{max_requests_per_job: {per_job}}}\n"
     )
     loaded, errors = load_paths([root])

@@ -1,0 +1,189 @@
+"""The emulator's deterministic model: answers derived from the request, never random.
+
+Plain prompts are echoed ("echo: <prompt>"); a response schema gets JSON that validates
+against it, derived from the prompt; Google Search adds grounding metadata; usage counts
+come from one token estimate shared with countTokens. Called by the emulator's batch
+processing and countTokens handler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class LineError(Exception):
+    """A request line the service rejects; becomes that line's ``error``."""
+
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "status": self.status}
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """What a request's cachedContent brings: its text and token count."""
+
+    name: str
+    text: str
+    tokens: int
+
+
+def count_tokens(text: str) -> int:
+    """The emulator's tokenizer: a quarter of the characters, rounded up."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def contents_text(contents: Any) -> str:
+    """All text parts of a contents list, joined by newlines."""
+    texts: list[str] = []
+    for content in contents if isinstance(contents, list) else []:
+        for part in content.get("parts", []) if isinstance(content, dict) else []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _get(mapping: dict[str, Any], camel: str) -> Any:
+    """A field in camelCase or snake_case (the SDK sends both)."""
+    if camel in mapping:
+        return mapping[camel]
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in camel)
+    return mapping.get(snake)
+
+
+def _digest(*parts: str) -> int:
+    return int(hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12], 16)
+
+
+def value_for(schema: Any, seed: str, path: str = "$") -> Any:
+    """A deterministic value valid for a JSON Schema / OpenAPI schema subset."""
+    if not isinstance(schema, dict):
+        return seed
+    for combinator in ("anyOf", "oneOf", "any_of"):
+        options = schema.get(combinator)
+        if isinstance(options, list) and options:
+            non_null = [o for o in options if isinstance(o, dict) and o.get("type") != "null"]
+            return value_for((non_null or options)[0], seed, path)
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][_digest(seed, path) % len(schema["enum"])]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    kind = str(kind or ("object" if "properties" in schema else "string")).lower()
+    h = _digest(seed, path)
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: value_for(sub, seed, f"{path}.{name}") for name, sub in props.items()}
+    if kind == "array":
+        items = schema.get("items", {"type": "string"})
+        return [value_for(items, seed, f"{path}[{i}]") for i in range(2)]
+    if kind == "integer":
+        return h % 100
+    if kind == "number":
+        return round((h % 10_000) / 100, 2)
+    if kind == "boolean":
+        return h % 2 == 0
+    if kind == "null":
+        return None
+    words = seed.split()[:6] or ["answer"]
+    return f"{' '.join(words)} #{h % 1000}"
+
+
+def answer(request: Any, *, model: str, cache: CacheView | None) -> dict[str, Any]:
+    """The GenerateContentResponse for one request, or LineError when it is invalid."""
+    if not isinstance(request, dict):
+        raise LineError(400, "INVALID_ARGUMENT", "request must be an object")
+    contents = request.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise LineError(400, "INVALID_ARGUMENT", "contents is required")
+    config = _get(request, "generationConfig") or {}
+    if not isinstance(config, dict):
+        raise LineError(400, "INVALID_ARGUMENT", "generationConfig must be an object")
+    if _get(config, "cachedContent") is not None:
+        raise LineError(
+            400,
+            "INVALID_ARGUMENT",
+            'Invalid JSON payload: unknown name "cachedContent" in generationConfig',
+        )
+    if _get(request, "cachedContent") is not None and (
+        _get(request, "systemInstruction") is not None or _get(request, "tools") is not None
+    ):
+        raise LineError(
+            400,
+            "INVALID_ARGUMENT",
+            "CachedContent can not be used with "
+            "GenerateContent request setting system_instruction, tools or tool_config",
+        )
+    last_user = [c for c in contents if isinstance(c, dict)][-1:]
+    prompt = contents_text(last_user)
+    all_prompt = contents_text(contents) + contents_text([_get(request, "systemInstruction") or {}])
+    schema = _get(config, "responseJsonSchema") or _get(config, "responseSchema")
+    if schema is not None:
+        text = json.dumps(value_for(schema, prompt), ensure_ascii=False)
+    else:
+        text = f"echo: {prompt}"
+    tools = _get(request, "tools") or []
+    search = any(isinstance(t, dict) and (_get(t, "googleSearch") is not None) for t in tools)
+    thinking = _get(config, "thinkingConfig") or {}
+    budget = _get(thinking, "thinkingBudget") if isinstance(thinking, dict) else None
+    cached = cache.tokens if cache else 0
+    prompt_tokens = count_tokens(all_prompt) + cached
+    output_tokens = count_tokens(text)
+    thoughts = 0 if budget == 0 else 8 + _digest(prompt) % 24
+    candidate: dict[str, Any] = {
+        "content": {"role": "model", "parts": [{"text": text}]},
+        "finishReason": "STOP",
+        "index": 0,
+    }
+    usage: dict[str, Any] = {
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": output_tokens,
+    }
+    if cached:
+        usage["cachedContentTokenCount"] = cached
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
+    if search:
+        candidate["groundingMetadata"] = _grounding(prompt, text)
+        usage["toolUsePromptTokenCount"] = 12
+    usage["totalTokenCount"] = sum(
+        usage.get(k, 0)
+        for k in (
+            "promptTokenCount",
+            "candidatesTokenCount",
+            "thoughtsTokenCount",
+            "toolUsePromptTokenCount",
+        )
+    )
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage,
+        "modelVersion": f"{model.removeprefix('models/')}-001",
+        "responseId": f"r{_digest(model, all_prompt):x}",
+    }
+
+
+def _grounding(prompt: str, text: str) -> dict[str, Any]:
+    slug = "-".join(prompt.lower().split()[:4]) or "query"
+    end = min(len(text), 40)
+    return {
+        "webSearchQueries": [prompt[:80] or "query"],
+        "searchEntryPoint": {"renderedContent": "<div>search</div>"},
+        "groundingChunks": [
+            {"web": {"uri": f"https://example.com/{slug}", "title": f"About {slug}"}},
+            {"web": {"uri": f"https://example.org/{slug}", "title": f"More on {slug}"}},
+        ],
+        "groundingSupports": [
+            {
+                "segment": {"startIndex": 0, "endIndex": end, "text": text[:end]},
+                "groundingChunkIndices": [0, 1],
+            },
+        ],
+    }
