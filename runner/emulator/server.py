@@ -115,6 +115,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ----------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
+        self._body_read = False
         parsed = urlparse(self.path)
         query = parse_qs(parsed.query)
         groups: tuple[str, ...] = ()
@@ -144,6 +145,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(200, result)
         except ApiError as exc:
             status = exc.code
+            if not self._body_read:
+                self._drain_body()  # keep-alive: the next request must start clean
             self._send_error(exc)
         except _Dropped:
             status = 0
@@ -162,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
         return "unknown", ()
 
     def _unknown(self, **_: Any) -> None:
+        if re.search(r"/models/[^/]*:\w+$", urlparse(self.path).path):
+            raise ApiError(400, "INVALID_ARGUMENT", f"invalid model name in {self.path}")
         raise ApiError(404, "NOT_FOUND", f"no route for {self.command} {self.path}")
 
     def _fault_error(self, fault: Fault) -> ApiError:
@@ -172,6 +177,7 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _drain_body(self) -> None:
+        self._body_read = True
         remaining = int(self.headers.get("Content-Length") or 0)
         while remaining > 0:
             remaining -= len(self.rfile.read(min(CHUNK, remaining)))
@@ -181,6 +187,7 @@ class Handler(BaseHTTPRequestHandler):
         if length > INLINE_LIMIT + (1 << 20):
             self._drain_body()
             raise ApiError(400, "INVALID_ARGUMENT", "request payload exceeds the size limit")
+        self._body_read = True
         raw = self.rfile.read(length) if length else b"{}"
         try:
             body = json.loads(raw or b"{}")
@@ -274,6 +281,7 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     def _stream_into(self, upload: Upload) -> None:
+        self._body_read = True
         remaining = int(self.headers.get("Content-Length") or 0)
         with upload.path.open("ab") as out:
             while remaining > 0:

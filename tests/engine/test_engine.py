@@ -38,7 +38,8 @@ def manifests(tmp_path: Path, rows: int = 3, per_job: int = 100) -> dict[str, ob
     (root / "nums.yaml").write_text(
         "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n"
         + body
-        + f"prompt: {{template: 'Number {{{{ n }}}}'}}\npolicy: {{max_requests_per_job: {per_job}}}\n"
+        + "prompt: {template: 'Number {{ n }}'}\n"
+        + f"policy: {{max_requests_per_job: {per_job}}}\n"
     )
     loaded, errors = load_paths([root])
     assert not errors
