@@ -108,10 +108,14 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     by_name = {item.manifest.name: item for item in loaded}
     with ProcessLock(settings.state_dir), runtime(settings) as rt:
         progress = Progress(started=time.monotonic())
-        for _round in range(MAX_WAIT_ROUNDS):
+        for round_number in range(MAX_WAIT_ROUNDS):
             plans = [reconcile.apply_manifest(rt, item) for item in loaded]
             report = submit.submit_pending(rt, manifests=set(by_name))
-            print(render.plan(plans))
+            if round_number == 0:
+                print(render.plan(plans))
+            elif retrying := [p for p in plans if p.diff.submit_requests]:
+                print(f"retry round {round_number}:")
+                print(render.plan(retrying))
             if not args.wait:
                 print(
                     f"created {report.created} job(s), adopted {report.adopted}, "

@@ -25,7 +25,10 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
 
 
 def _cell(value: Any, max_width: int) -> str:
-    text = "" if value is None else str(value)
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    else:
+        text = "" if value is None else str(value)
     text = text.replace("\n", " ")
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
