@@ -124,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             endpoint, groups = self._route(method, parsed.path)
         status = 200
+        recorded = False
         try:
             fault = None
             if not endpoint.startswith("admin."):
@@ -138,7 +139,9 @@ class Handler(BaseHTTPRequestHandler):
                     raise _Dropped
             handler: Callable[..., Any] = getattr(self, "_" + endpoint.replace(".", "_"))
             result = handler(*groups, query=query, fault=fault)
-            if fault and fault.kind == "hang":
+            if fault and fault.kind == "hang":  # it acted; the reply never comes
+                self.server.record(Call(method, parsed.path, endpoint, 0, time.time()))
+                recorded = True
                 self.server.stopping.wait()
                 raise _Dropped
             if result is not None:
@@ -154,7 +157,8 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             status = 0
         finally:
-            self.server.record(Call(method, parsed.path, endpoint, status, time.time()))
+            if not recorded:
+                self.server.record(Call(method, parsed.path, endpoint, status, time.time()))
 
     def _route(self, method: str, path: str) -> tuple[str, tuple[str, ...]]:
         for verb, pattern, endpoint in ROUTES:

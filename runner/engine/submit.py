@@ -94,14 +94,14 @@ def _advance(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
         found = _find(rt, job.display_name)
         if found is None:
             raise  # stays in `submitting`: the next round looks again before creating
-        remote = found
+        _record_created(rt, job, found, adopted=True)
         report.adopted += 1
+        return True
     except (TransientBackendError, PermanentBackendError):
         rt.state.update_job(job.id, phase="uploaded")  # a clear refusal: nothing was created
         raise
-    else:
-        report.created += 1
     _record_created(rt, job, remote, adopted=False)
+    report.created += 1
     return True
 
 
