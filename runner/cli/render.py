@@ -25,10 +25,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: i
 
 
 def _cell(value: Any, max_width: int) -> str:
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-    else:
-        text = "" if value is None else str(value)
+    text = "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
     text = text.replace("\n", " ")
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
 

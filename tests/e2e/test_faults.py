@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -167,7 +166,7 @@ def test_a_reader_holding_the_results_open_delays_ingest_but_loses_nothing(
         release.touch()
         reader.wait(timeout=30)
         reader.stdout.close()
-    out, err = apply.communicate(timeout=60)
+    _, err = apply.communicate(timeout=60)
     assert apply.returncode == 0, err
     assert gbatch.sql("select count(*) from nums") == [(6,)]
     assert len(emulator.service.batches) == 2
