@@ -15,16 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.adapters.duck import (
-    Connection,
-    Error,
-    ident,
-    literal,
-    lock_down,
-    memory,
-    path_list,
-    single_select,
-)
+from runner.adapters import query_source
+from runner.adapters.duck import Connection, Error, ident, literal, memory, path_list
 from runner.core import template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathEscapeError, confine, confine_glob
@@ -92,24 +84,9 @@ def _relation(
         inline.write_text(json.dumps(source.rows, ensure_ascii=False, default=str))
         return f"read_json({literal(str(inline))}, format = 'array')"
     if source.query is not None:
-        problem = single_select(source.query)
-        if problem:
-            raise ManifestError(problem, field="source.query")
-        query = con.cursor()
-        query.execute(f"set file_search_path = {literal(str(base_dir))}")
-        lock_down(query, readable=[root, scratch])
-        try:
-            query.execute(f"create temp table query_rows as ({source.query})")
-        except Error as exc:
-            raise ManifestError(
-                f"the query failed: {_first_line(exc)}", field="source.query"
-            ) from None
-        # temp tables are per connection: copy the rows out to the main connection
-        query.execute(
-            f"copy query_rows to {literal(str(scratch / 'query.parquet'))} (format parquet)"
-        )
-        query.close()
-        return f"read_parquet({literal(str(scratch / 'query.parquet'))})"
+        rows = scratch / "query.parquet"
+        query_source.run(source.query, base_dir=base_dir, root=root, out=rows)
+        return f"read_parquet({literal(str(rows))})"
     raise AssertionError("requests sources are read by _passthrough")
 
 

@@ -1,0 +1,178 @@
+"""The loader: both manifest shapes, located errors, caps, path confinement, digests."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runner.core.loader import MAX_MANIFEST_BYTES, discover, load_file, load_paths, load_text
+from runner.errors import ManifestErrors
+
+FULL = """\
+apiVersion: gbatch/v1
+kind: Batch
+metadata:
+  name: copy
+spec:
+  model: gemini-2.5-flash
+  source: {path: data.csv, key: sku}
+  prompt:
+    template: "Describe {{ name }}."
+  generation: {temperature: 0.2}
+"""
+
+
+def load(text: str, tmp_path: Path, name: str = "m.yaml"):  # type: ignore[no-untyped-def]
+    return load_text(text, path=tmp_path / name, root=tmp_path)
+
+
+def errors_of(text: str, tmp_path: Path) -> list[str]:
+    with pytest.raises(ManifestErrors) as caught:
+        load(text, tmp_path)
+    return [str(e) for e in caught.value.errors]
+
+
+def test_the_seed_three_liner_is_a_manifest_named_after_its_file(tmp_path: Path) -> None:
+    (item,) = load(
+        "model: gemini-2.5-flash\nsource:\n  requests: batch.jsonl\n",
+        tmp_path,
+        "Seed Requests.yaml",
+    )
+    assert item.manifest.name == "seed-requests"
+    assert item.manifest.table == "seed_requests"
+    assert str(item.locate("spec", "source", "requests")) == f"{tmp_path}/Seed Requests.yaml:3:13"
+
+
+def test_the_full_form_and_several_documents(tmp_path: Path) -> None:
+    text = FULL + "---\n" + FULL.replace("name: copy", "name: other")
+    items = load(text, tmp_path)
+    assert [i.manifest.name for i in items] == ["copy", "other"]
+    assert [i.line for i in items] == [1, 12]
+    assert str(items[1].locate("spec", "generation", "temperature")).endswith(":21:29")
+
+
+def test_unnamed_short_documents_in_one_file_get_numbered_names(tmp_path: Path) -> None:
+    doc = "model: gemini-2.5-flash\nsource: {rows: [{a: 1}]}\nprompt: {template: x}\n"
+    names = [i.manifest.name for i in load(doc + "---\n" + doc, tmp_path, "jobs.yaml")]
+    assert names == ["jobs", "jobs-2"]
+
+
+def test_every_problem_is_reported_with_line_column_and_field(tmp_path: Path) -> None:
+    bad = FULL.replace("temperature: 0.2", "tmperature: 0.2, max_output_tokens: lots")
+    found = errors_of(bad, tmp_path)
+    path = tmp_path / "m.yaml"
+    assert found == [
+        f"{path}:10:16: spec.generation.tmperature: unknown field 'tmperature' "
+        "(did you mean 'temperature'?)",
+        f"{path}:10:52: spec.generation.max_output_tokens: input should be a valid integer, "
+        "unable to parse string as an integer, got 'lots'",
+    ]
+
+
+def test_missing_fields_and_exclusive_sources(tmp_path: Path) -> None:
+    found = errors_of("source: {path: a.csv, rows: [{a: 1}]}\nprompt: {template: x}\n", tmp_path)
+    assert any("model: required field missing" in e for e in found)
+    assert any("exactly one of path, requests, query, rows" in e for e in found)
+
+
+def test_a_bad_placeholder_is_located_at_the_template(tmp_path: Path) -> None:
+    (error,) = errors_of(FULL.replace("{{ name }}", "{{ name | upper }}"), tmp_path)
+    assert ":9:15: spec.prompt.template: placeholder" in error
+
+
+@pytest.mark.parametrize("path", ["../secret.csv", "/etc/passwd", "sub/../../x.csv"])
+def test_paths_outside_the_root_are_refused(tmp_path: Path, path: str) -> None:
+    (error,) = errors_of(FULL.replace("data.csv", path), tmp_path)
+    assert ":7:18: spec.source.path:" in error
+    assert "outside the manifest root" in error or "is absolute" in error
+
+
+def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    os.symlink(tmp_path / "secret.csv", root / "data.csv")
+    with pytest.raises(ManifestErrors, match="outside the manifest root"):
+        load_text(FULL, path=root / "m.yaml", root=root)
+
+
+def test_yaml_syntax_errors_point_at_the_problem(tmp_path: Path) -> None:
+    (error,) = errors_of("model: [unclosed\nsource: x\n", tmp_path)
+    assert error.startswith(f"{tmp_path}/m.yaml:2:") and "invalid YAML" in error
+
+
+def test_a_billion_laughs_document_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [{','.join(['*' + previous] * 9)}]")
+    started = time.monotonic()
+    (error,) = errors_of("\n".join(lines) + "\n", tmp_path)
+    assert "YAML nodes" in error and time.monotonic() - started < 2
+
+
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (MAX_MANIFEST_BYTES + 10) + "\n")
+    with pytest.raises(ManifestErrors, match="capped"):
+        load_file(big, root=tmp_path)
+
+
+def test_duplicate_names_across_files_name_both(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(FULL)
+    (tmp_path / "b.yaml").write_text(FULL)
+    loaded, errors = load_paths([tmp_path])
+    assert [i.path.name for i in loaded] == ["a.yaml"]
+    assert len(errors) == 1 and "a.yaml:1" in str(errors[0]) and "b.yaml:4" in str(errors[0])
+
+
+def test_discover_skips_hidden_temp_and_non_yaml_files(tmp_path: Path) -> None:
+    for name in (
+        "a.yaml",
+        "b.yml",
+        ".hidden.yaml",
+        ".git/x.yaml",
+        "c.yaml~",
+        "d.yaml.swp",
+        "notes.txt",
+        "sub/e.yaml",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    found = [p.relative_to(tmp_path).as_posix() for p, _ in discover([tmp_path])]
+    assert found == ["a.yaml", "b.yml", "sub/e.yaml"]
+
+
+def test_the_digest_ignores_formatting_and_changes_with_meaning(tmp_path: Path) -> None:
+    (first,) = load(FULL, tmp_path)
+    reformatted = FULL.replace("{path: data.csv, key: sku}", "\n    key: sku\n    path: data.csv")
+    (second,) = load("# a comment\n" + reformatted, tmp_path)
+    (changed,) = load(FULL.replace("0.2", "0.3"), tmp_path)
+    assert first.digest == second.digest != changed.digest
+
+
+@given(
+    st.permutations(
+        [
+            "model: gemini-2.5-flash",
+            "source: {rows: [{a: 1}]}",
+            "prompt: {template: 'x {{ a }}'}",
+            "generation: {seed: 3}",
+        ]
+    )
+)
+def test_digest_is_invariant_under_key_order(lines: list[str]) -> None:
+    path = Path("/m/x.yaml")
+    (item,) = load_text("\n".join(lines) + "\n", path=path, root=Path("/m"))
+    (reference,) = load_text(
+        "model: gemini-2.5-flash\nsource: {rows: [{a: 1}]}\n"
+        "prompt: {template: 'x {{ a }}'}\ngeneration: {seed: 3}\n",
+        path=path,
+        root=Path("/m"),
+    )
+    assert item.digest == reference.digest
