@@ -80,7 +80,8 @@ class Daemon:
                 if self.options.git is not None and now >= next_git:
                     full = self._sync_git() or full
                     next_git = now + self.options.git_interval_s
-                if full or changed:
+                settling = self._settle_deadline()
+                if full or changed or (settling is not None and now >= settling):
                     self.reconcile(None if full else changed)
                     if full:
                         next_resync = now + self.options.resync_s
@@ -88,7 +89,12 @@ class Daemon:
                     self._follow()
                     next_poll = time.monotonic() + self.rt.settings.poll_interval_s
                 self.cycles += 1
-                deadlines = [next_resync, next_poll, debouncer.next_deadline() or next_poll]
+                deadlines = [
+                    next_resync,
+                    next_poll,
+                    debouncer.next_deadline() or next_poll,
+                    self._settle_deadline() or next_poll,
+                ]
                 if self.options.git is not None:
                     deadlines.append(next_git)
                 self._wait_until(min(deadlines), debouncer)
@@ -96,6 +102,11 @@ class Daemon:
         finally:
             if watcher is not None:
                 watcher.stop()
+
+    def _settle_deadline(self) -> float | None:
+        """When the earliest vanished manifest has waited out the settle window."""
+        waiting = [m.since + self.options.settle_s for m in self._missing.values() if not m.held]
+        return min(waiting) if waiting else None
 
     def _drain(self, debouncer: Debouncer, now: float) -> None:
         while True:

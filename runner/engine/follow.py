@@ -155,6 +155,8 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
             job=job.id,
         )
         result_file.unlink(missing_ok=True)
+        if row is not None and (row.last_error or "").startswith("ingest waiting"):
+            rt.state.update_manifest(job.manifest, last_error=None)
         report.ingested += 1
     return report
 

@@ -171,6 +171,10 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
     plan = plan_manifest(rt, loaded)
     manifest = loaded.manifest
     previous = rt.state.manifest(plan.name)
+    new_set = previous is None or previous.set_digest != plan.set_digest
+    shown = not new_set or show_current(
+        rt, plan.name, plan.table, plan.desired, manifest.spec.output_schema
+    )
     rt.state.upsert_manifest(
         name=plan.name,
         path=str(loaded.path),
@@ -179,19 +183,19 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         digest=loaded.digest,
         commit_sha=rt.commit,
         request_set=str(plan.desired),
-        set_digest=plan.set_digest,
+        # an unshown set keeps the old digest, so the next reconcile tries again
+        set_digest=plan.set_digest if shown else (previous.set_digest if previous else None),
         requests=plan.diff.total,
         status="blocked" if plan.blocked else "ok",
-        last_error=plan.blocked,
+        last_error=plan.blocked or (None if shown else "results busy: table not yet switched"),
         policy=manifest.spec.policy.model_dump_json(),
     )
     if previous is not None and previous.digest != loaded.digest:
         _retire_old_version(
             rt, plan.name, keep=loaded.digest, cancel=manifest.spec.policy.on_change == "cancel"
         )
-    if previous is None or previous.set_digest != plan.set_digest:
+    if new_set:
         rt.state.event("version", f"version {plan.version}: {_counts(plan)}", manifest=plan.name)
-        show_current(rt, plan.name, plan.table, plan.desired, manifest.spec.output_schema)
     if plan.blocked:
         rt.state.event("blocked", plan.blocked, manifest=plan.name)
         log.warning("%s: %s", plan.name, plan.blocked)
@@ -223,15 +227,16 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
 
 def show_current(
     rt: Runtime, name: str, table: str, desired: Path, output_schema: dict[str, object] | None
-) -> None:
-    """Make the results table show this version; a busy results file is retried later."""
+) -> bool:
+    """Make the results table show this version; False when the file is busy (retry later)."""
     try:
         results.show_current(
             results_db=rt.results_db, table=table, current=desired, output_schema=output_schema
         )
     except StoreBusyError as exc:
-        rt.state.update_manifest(name, last_error=f"results busy: {exc}")
         rt.state.event("busy", str(exc), manifest=name)
+        return False
+    return True
 
 
 def _counts(plan: ManifestPlan) -> str:

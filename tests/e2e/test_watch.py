@@ -1,0 +1,178 @@
+"""`gbatch watch` as a real process: real file events, a real git repository, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.emulator import Emulator
+from tests.conftest import Gbatch
+
+
+def manifest(rows: list[str], name: str = "cities") -> str:
+    body = "".join(f"    - {{city: {r}}}\n" for r in rows)
+    return (
+        f"name: {name}\nmodel: gemini-2.5-flash\nsource:\n  key: city\n  rows:\n{body}"
+        "prompt: {template: 'Weather in {{ city }}?'}\n"
+    )
+
+
+def until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Daemon:
+    def __init__(self, gbatch: Gbatch, *args: str) -> None:
+        self.log = (gbatch.root / f"watch-{time.monotonic_ns()}.log").open("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runner", "watch", *args, "--settle", "0.5s"],
+            cwd=gbatch.root,
+            env={**os.environ, "GBATCH_POLL_INTERVAL_S": "0.1"},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(timeout=30)
+        if not daemon.log.closed:
+            daemon.log.close()
+
+
+def rows(gbatch: Gbatch, sql: str) -> list[tuple[object, ...]]:
+    try:
+        return gbatch.sql(sql)
+    except Exception:  # not created yet, or held by the daemon's write for a moment
+        return []
+
+
+def test_drop_edit_delete_with_real_file_events(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    daemon = Daemon(gbatch, "manifests")
+    daemons.append(daemon)
+    target = gbatch.manifests / "cities.yaml"
+    staged = gbatch.manifests / ".cities.yaml.swp"
+    staged.write_text(manifest(["Oslo", "Lima"]))
+    os.replace(staged, target)  # an editor's atomic save
+    until(lambda: rows(gbatch, "select count(*) from cities") == [(2,)], "first answers")
+    target.write_text(manifest(["Oslo", "Lima", "Pune"]))
+    until(lambda: rows(gbatch, "select count(*) from cities") == [(3,)], "the added row")
+    assert emulator.count("batches.create") == 2
+    jobs = gbatch("query", "select requests from gbatch_jobs order by id", "--format", "csv")
+    assert jobs.out.split() == ["requests", "2", "1"]  # the edit sent only the new row
+    assert rows(gbatch, "select count(*) from cities_history") == [(3,)]
+    target.unlink()
+    until(lambda: "removed" in gbatch("status").out, "the removal")
+    assert rows(gbatch, "select count(*) from cities") == [(3,)]  # results are kept
+    assert daemon.stop() == 0
+    assert emulator.count("batches.create") == 2
+
+
+def test_a_second_daemon_on_the_same_state_is_refused(
+    gbatch: Gbatch, daemons: list[Daemon]
+) -> None:
+    first = Daemon(gbatch, "manifests")
+    daemons.append(first)
+    until(lambda: "gbatch watch" in first.output(), "the first daemon")
+    second = subprocess.run(
+        [sys.executable, "-m", "runner", "watch", "manifests"],
+        cwd=gbatch.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 5
+    assert "in use by" in second.stderr
+    assert first.stop() == 0
+
+
+def test_an_invalid_edit_keeps_the_last_good_version_and_others_go_on(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    gbatch.write("cities.yaml", manifest(["Oslo"]))
+    daemon = Daemon(gbatch, "manifests")
+    daemons.append(daemon)
+    until(lambda: rows(gbatch, "select count(*) from cities") == [(1,)], "first answers")
+    gbatch.write("cities.yaml", manifest(["Oslo"]) + "bogus_field: 1\n")
+    gbatch.write("towns.yaml", manifest(["Bergen"], name="towns"))
+    until(lambda: rows(gbatch, "select count(*) from towns") == [(1,)], "the other manifest")
+    until(lambda: "invalid" in gbatch("status").out, "the invalid status")
+    detail = gbatch(
+        "query",
+        "select status, last_error from gbatch_manifests where name = 'cities'",
+        "--format",
+        "json",
+    ).out
+    assert '"status": "invalid"' in detail
+    assert "cities.yaml:8:1: bogus_field: unknown field 'bogus_field'" in detail
+    assert rows(gbatch, "select count(*) from cities") == [(1,)]
+    assert daemon.stop() == 0
+
+
+def test_a_git_repository_drives_what_runs(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "jobs").mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@e.com", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "--quiet", "--initial-branch=main")
+    (repo / "jobs" / "cities.yaml").write_text(manifest(["Oslo"]))
+    git("add", ".")
+    git("commit", "--quiet", "-m", "add")
+    first = git("rev-parse", "HEAD")
+    daemon = Daemon(gbatch, "--git", str(repo), "--path", "jobs", "--interval", "0.2s")
+    daemons.append(daemon)
+    until(lambda: rows(gbatch, "select commit from cities") == [(first,)], "the first commit")
+    (repo / "jobs" / "cities.yaml").write_text(manifest(["Oslo", "Lima"]))
+    git("commit", "--quiet", "-am", "change")
+    second = git("rev-parse", "HEAD")
+    until(lambda: rows(gbatch, "select count(*) from cities") == [(2,)], "the second commit")
+    assert rows(gbatch, "select key, commit from cities order by key") == [
+        ("Lima", second),
+        ("Oslo", first),
+    ]
+    git("rm", "--quiet", "jobs/cities.yaml")
+    git("commit", "--quiet", "-m", "remove")
+    until(lambda: "removed" in gbatch("status").out, "the removal")
+    assert second[:10] in gbatch("status").out or "removed" in gbatch("status").out
+    assert rows(gbatch, "select count(*) from cities") == [(2,)]
+    assert emulator.count("batches.create") == 2
+    assert daemon.stop() == 0
