@@ -82,7 +82,8 @@ class GeminiBackend:
         if src_file is not None:
             src = src_file
         elif inline is not None:
-            src = [_inlined_request(json.loads(line)) for line in inline.open() if line.strip()]
+            with inline.open() as lines:
+                src = [_inlined_request(json.loads(line)) for line in lines if line.strip()]
         else:
             raise ValueError("create_job needs src_file or inline")
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from runner.emulator import Emulator
 from tests.conftest import API_KEY, Gbatch
 
@@ -169,3 +171,17 @@ def test_status_and_query_show_the_bookkeeping(gbatch: Gbatch) -> None:
     assert json.loads(query.out) == [{"manifest": "seed", "phase": "ingested", "requests": 2}]
     csv = gbatch("query", "select key from seed order by key", "--format", "csv")
     assert csv.out.split() == ["key", "request_1", "request_2"]
+
+
+def test_small_jobs_go_inline_when_configured(
+    gbatch: Gbatch, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GBATCH_INLINE_MAX_BYTES", "100000")
+    seed(gbatch)
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert emulator.count("files.upload") == 0 and emulator.count("batches.create") == 1
+    assert gbatch.sql("select key, text from seed order by key") == [
+        ("request_1", "echo: Explain AI"),
+        ("request_2", "echo: Explain qubits"),
+    ]

@@ -50,9 +50,7 @@ class Daemon:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        self.log.close()
-        return code
+        return self.process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -176,3 +174,26 @@ def test_a_git_repository_drives_what_runs(
     assert rows(gbatch, "select count(*) from cities") == [(2,)]
     assert emulator.count("batches.create") == 2
     assert daemon.stop() == 0
+
+
+def test_sigterm_mid_flight_then_restart_adopts_the_job_without_a_second_create(
+    gbatch: Gbatch, daemons: list[Daemon], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.emulator import EmulatorConfig
+
+    with Emulator(EmulatorConfig(data_dir=tmp_path / "slow", pending_seconds=1000)) as slow:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", slow.base_url)
+        gbatch.write("cities.yaml", manifest(["Oslo", "Lima"]))
+        first = Daemon(gbatch, "manifests")
+        daemons.append(first)
+        until(lambda: slow.count("batches.create") == 1, "the create")
+        until(lambda: "pending" in gbatch("status").out, "the job recorded")
+        assert first.stop() == 0
+        assert "Traceback" not in first.output()
+        second = Daemon(gbatch, "manifests")
+        daemons.append(second)
+        until(lambda: slow.count("batches.list") >= 1 and second.output(), "the restart")
+        slow.advance(2000)
+        until(lambda: rows(gbatch, "select count(*) from cities") == [(2,)], "the answers")
+        assert slow.count("batches.create") == 1
+        assert second.stop() == 0

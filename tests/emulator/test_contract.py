@@ -348,3 +348,24 @@ def test_a_truncated_download_is_cut_short(emu: Emulator, tmp_path: Path) -> Non
     c.files.download(file=result, destination=str(target))  # type: ignore[arg-type]
     assert 0 < target.stat().st_size < len(full)
     assert os.path.getsize(target) == len(full) // 2
+
+
+def test_a_malformed_line_fails_alone(emu: Emulator, tmp_path: Path) -> None:
+    lines = tmp_path / "m.jsonl"
+    lines.write_text(
+        '{"key": "ok", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n'
+        '{"key": "broken", "request": {"contents": [\n'
+        '{"key": "empty", "request": {}}\n'
+    )
+    c = client(emu)
+    name = c.files.upload(file=str(lines), config={"mime_type": "application/jsonl"}).name
+    job = c.batches.create(model="gemini-2.5-flash", src=name, config={"display_name": "m"})  # type: ignore[arg-type]
+    emu.advance(30)
+    done = c.batches.get(name=job.name)  # type: ignore[arg-type]
+    assert done.state and done.state.name == "JOB_STATE_SUCCEEDED"
+    out = {
+        x["key"]: x
+        for x in map(json.loads, c.files.download(file=done.dest.file_name).decode().splitlines())
+    }  # type: ignore[arg-type,union-attr]
+    assert "response" in out["ok"]
+    assert out["line-2"]["error"]["code"] == 400 and out["empty"]["error"]["code"] == 400
