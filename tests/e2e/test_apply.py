@@ -63,6 +63,9 @@ def test_the_seed_jsonl_runs_with_a_three_line_manifest(gbatch: Gbatch, emulator
     assert all(r[3] and r[4] and r[5].startswith("batches/") and r[6] == "seed" for r in rows)
     assert emulator.count("batches.create") == 1
     assert API_KEY not in result.out + result.err
+    stored = [p for p in gbatch.root.rglob("*") if p.is_file() and "emulator" not in p.parts]
+    assert gbatch.db in stored and gbatch.state_dir / "state.sqlite" in stored
+    assert not [p for p in stored if API_KEY.encode() in p.read_bytes()]
 
 
 def test_applying_the_same_manifests_twice_creates_nothing_the_second_time(
@@ -185,3 +188,13 @@ def test_small_jobs_go_inline_when_configured(
         ("request_1", "echo: Explain AI"),
         ("request_2", "echo: Explain qubits"),
     ]
+
+
+def test_json_logs_are_one_object_per_line_without_the_key(gbatch: Gbatch) -> None:
+    seed(gbatch)
+    result = gbatch("--log-format", "json", "-v", "apply", "manifests")
+    assert result.code == 0, result.err
+    logs = [json.loads(line) for line in result.err.splitlines() if line.startswith("{")]
+    assert any(entry["message"].startswith("seed: created batches/") for entry in logs)
+    assert {"time", "level", "logger", "message"} <= set(logs[0])
+    assert API_KEY not in result.err
