@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
+from runner.adapters.duck import Connection, literal, memory, path_list
 
 # Per-line error codes that the same request will hit again: not worth paying for twice.
 PERMANENT_CODES = (400, 401, 403, 404)
@@ -57,24 +57,10 @@ class Outcome:
     missing: int
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
-    con.execute("set preserve_insertion_order = false")
-    return con
-
-
-def _files(paths: list[Path]) -> str:
-    return "[" + ", ".join(_literal(str(p)) for p in paths) + "]"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _atomic_copy(con: duckdb.DuckDBPyConnection, select: str, out: Path) -> None:
+def _atomic_copy(con: Connection, select: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
-    con.execute(f"copy ({select}) to {_literal(str(partial))} (format parquet)")
+    con.execute(f"copy ({select}) to {literal(str(partial))} (format parquet)")
     os.replace(partial, out)
 
 
@@ -93,12 +79,13 @@ def diff(
     failed before, retryable and under ``retries`` attempts; exhausted: failed too often or
     permanently; new / changed: never sent (changed when the key had another hash before).
     """
-    con = _connect()
+    con = memory()
     ledger_files = sorted(ledger_dir.glob("*.parquet")) if ledger_dir.is_dir() else []
     con.execute(
         "create table l as "
         + (
-            f"select key, request_hash, status, retryable from read_parquet({_files(ledger_files)})"
+            "select key, request_hash, status, retryable "
+            f"from read_parquet({path_list(ledger_files)})"
             if ledger_files
             else "select ''::varchar key, ''::varchar request_hash, ''::varchar status, "
             "false retryable where false"
@@ -108,13 +95,13 @@ def diff(
     con.execute(
         "create table f as "
         + (
-            f"select distinct key, request_hash from read_parquet({_files(flight)})"
+            f"select distinct key, request_hash from read_parquet({path_list(flight)})"
             if flight
             else "select ''::varchar key, ''::varchar request_hash where false"
         )
     )
     prev_select = (
-        f"select key from read_parquet({_literal(str(previous))})"
+        f"select key from read_parquet({literal(str(previous))})"
         if previous is not None and previous.exists()
         else "select ''::varchar key where false"
     )
@@ -137,7 +124,7 @@ def diff(
                 when k.key is not null then 'changed'
                 else 'new'
             end as verdict
-        from read_parquet({_literal(str(desired))}) d
+        from read_parquet({literal(str(desired))}) d
         left join answered a using (key, request_hash)
         left join f using (key, request_hash)
         left join failures x using (key, request_hash)
@@ -184,7 +171,7 @@ def chunk(
     written, resubmitted and ingested from it alone; its name is the digest of its
     (key, hash) pairs, so the same split is the same file.
     """
-    con = _connect()
+    con = memory()
     con.execute(
         f"""
         create table s as
@@ -192,14 +179,14 @@ def chunk(
                 (row_number() over w - 1) // {int(max_requests)},
                 (sum(request_bytes + length(key) + 20) over w - 1) // {int(max_bytes)}
             ) as chunk
-        from read_parquet({_literal(str(to_submit))})
+        from read_parquet({literal(str(to_submit))})
         window w as (order by key rows between unbounded preceding and current row)
         """
     )
     groups = con.execute(
         "select chunk, sha256(string_agg(key || chr(9) || request_hash, chr(10) order by key)), "
         "count(*), sum(request_bytes) from s join read_parquet("
-        + _literal(str(to_submit))
+        + literal(str(to_submit))
         + ") using (key) group by chunk order by chunk"
     ).fetchall()
     chunks = []
@@ -208,7 +195,7 @@ def chunk(
         if not path.exists():
             _atomic_copy(
                 con,
-                f"select * from read_parquet({_literal(str(desired))}) "
+                f"select * from read_parquet({literal(str(desired))}) "
                 f"where key in (select key from s where chunk = {int(number)})",
                 path,
             )
@@ -219,10 +206,10 @@ def chunk(
 
 def set_digest(path: Path) -> str:
     """A digest of a request set's (key, hash) pairs: equal sets, equal digests."""
-    con = _connect()
+    con = memory()
     row = con.execute(
         "select sha256(coalesce(string_agg(key || chr(9) || request_hash, chr(10) order by key),"
-        f" '')) from read_parquet({_literal(str(path))})"
+        f" '')) from read_parquet({literal(str(path))})"
     ).fetchone()
     con.close()
     assert row is not None
@@ -238,12 +225,12 @@ def record_outcome(
     is permanent); a requested key with no line (truncated file, failed or expired job) is
     failed and retryable.
     """
-    con = _connect()
+    con = memory()
     if result_file is not None and result_file.exists() and result_file.stat().st_size > 0:
         lines = (
             f"select key::varchar key, response is not null and error is null ok, "
             f"try_cast(json_extract(error, '$.code') as integer) code "
-            f"from read_json({_literal(str(result_file))}, format='newline_delimited', "
+            f"from read_json({literal(str(result_file))}, format='newline_delimited', "
             "columns={'key': 'VARCHAR', 'response': 'JSON', 'error': 'JSON'}, ignore_errors=true)"
         )
     else:
@@ -256,9 +243,9 @@ def record_outcome(
         select r.key, r.request_hash,
             case when bool_or(x.ok) then 'succeeded' else 'failed' end status,
             not bool_or(coalesce(x.code in ({permanent}), false)) retryable,
-            case when count(x.key) = 0 then {_literal(reason or "no result line")}
+            case when count(x.key) = 0 then {literal(reason or "no result line")}
                  else null end reason
-        from read_parquet({_literal(str(job_requests))}) r
+        from read_parquet({literal(str(job_requests))}) r
         left join ({lines}) x on x.key = r.key
         group by r.key, r.request_hash
         """,
@@ -266,7 +253,7 @@ def record_outcome(
     )
     row = con.execute(
         "select count(*) filter (status = 'succeeded'), count(*) filter (status = 'failed'), "
-        f"count(*) filter (reason is not null) from read_parquet({_literal(str(out))})"
+        f"count(*) filter (reason is not null) from read_parquet({literal(str(out))})"
     ).fetchone()
     con.close()
     assert row is not None
@@ -275,10 +262,10 @@ def record_outcome(
 
 def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
     """Up to ``limit`` request JSON texts among the rows to submit (for countTokens)."""
-    con = _connect()
+    con = memory()
     rows = con.execute(
-        f"select d.request from read_parquet({_literal(str(desired))}) d "
-        f"semi join read_parquet({_literal(str(to_submit))}) s using (key) "
+        f"select d.request from read_parquet({literal(str(desired))}) d "
+        f"semi join read_parquet({literal(str(to_submit))}) s using (key) "
         f"order by d.key limit {int(limit)}"
     ).fetchall()
     con.close()
@@ -287,14 +274,14 @@ def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
 
 def failed_job_lines(*, job_requests: Path, message: str, status: str, out: Path) -> None:
     """Result lines for a job that produced none (FAILED, EXPIRED, CANCELLED): one error each."""
-    con = _connect()
+    con = memory()
     error = json.dumps({"code": 0, "message": message, "status": status})
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
     con.execute(
-        f"copy (select key, {_literal(error)}::json as error "
-        f"from read_parquet({_literal(str(job_requests))})) "
-        f"to {_literal(str(partial))} (format json)"
+        f"copy (select key, {literal(error)}::json as error "
+        f"from read_parquet({literal(str(job_requests))})) "
+        f"to {literal(str(partial))} (format json)"
     )
     con.close()
     os.replace(partial, out)
