@@ -265,6 +265,11 @@ def _validate(
             except PathEscapeError as exc:
                 error(str(exc), [*spec_parts, "source", field_name])
     if manifest.spec.cache is not None:
+        error(
+            "context caching is not supported yet: remove the cache block (requests would "
+            "name a cache that does not exist)",
+            [*spec_parts, "cache"],
+        )
         for index, name in enumerate(manifest.spec.cache.files):
             try:
                 confine(name, base_dir=path.parent, root=root)

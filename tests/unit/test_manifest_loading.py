@@ -176,3 +176,8 @@ def test_digest_is_invariant_under_key_order(lines: list[str]) -> None:
         root=Path("/m"),
     )
     assert item.digest == reference.digest
+
+
+def test_a_cache_block_is_refused_until_caching_exists(tmp_path: Path) -> None:
+    (error,) = errors_of(FULL + "  cache: {text: shared context}\n", tmp_path)
+    assert ":11:10: spec.cache: context caching is not supported yet" in error
