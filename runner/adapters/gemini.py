@@ -222,7 +222,6 @@ def _remote_job(operation: dict[str, Any]) -> RemoteJob:
         display_name=meta.get("displayName", ""),
         state=JobState.from_wire(meta.get("state", "")),
         result_file=output.get("responsesFile"),
-        has_inline_results="inlinedResponses" in output,
         request_count=int(stats.get("requestCount", 0)),
         succeeded_count=int(stats.get("successfulRequestCount", 0)),
         failed_count=int(stats.get("failedRequestCount", 0)),

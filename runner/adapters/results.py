@@ -70,8 +70,8 @@ def _parse(
     manifest: str,
     manifest_version: str,
     commit: str | None,
-) -> list[str]:
-    """Temp table ``parsed`` with the result rows; returns the typed schema columns."""
+) -> None:
+    """Temp table ``parsed``: one row per result line, statuses decided, columns typed."""
     con.execute(
         f"""
         create temp table lines as
@@ -174,7 +174,6 @@ def _parse(
         )
         """
     )
-    return [n for n, _ in typed]
 
 
 def _columns(con: Connection, table: str) -> list[str]:
@@ -303,9 +302,7 @@ def _write_sources(con: Connection, table: str, job: str) -> None:
         con.execute(f"insert into {ident(table)} by name select * from grounding")
 
 
-def show_current(
-    *, results_db: Path, table: str, current: Path, output_schema: dict[str, Any] | None = None
-) -> None:
+def show_current(*, results_db: Path, table: str, current: Path) -> None:
     """Make ``table`` hold the newest answer of each (key, hash) of the current version."""
     if not results_db.exists():
         return
@@ -378,14 +375,3 @@ def _temp_table_sql(name: str, columns: list[str], rows: list[tuple[Any, ...]]) 
 
 
 _SQL_TYPES = {int: "BIGINT", float: "DOUBLE", bool: "BOOLEAN", str: "VARCHAR"}
-
-
-def result_tables(results_db: Path) -> list[str]:
-    """The tables in the results database (for status and tests)."""
-    if not results_db.exists():
-        return []
-    con = open_file(results_db, read_only=True)
-    try:
-        return [str(r[0]) for r in con.execute("show tables").fetchall()]
-    finally:
-        con.close()

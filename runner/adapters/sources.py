@@ -113,18 +113,6 @@ def _load(
     return columns
 
 
-def source_columns(manifest: Manifest, *, base_dir: Path, root: Path) -> list[tuple[str, str]]:
-    """The source's columns (name, DuckDB type), for validation and `plan`."""
-    if manifest.spec.source.requests is not None:
-        return [("key", "VARCHAR"), ("request", "JSON")]
-    with tempfile.TemporaryDirectory(prefix="gbatch-src-") as scratch:
-        con = memory(temp_dir=Path(scratch) / "spill")
-        try:
-            return _load(con, manifest, base_dir=base_dir, root=root, scratch=Path(scratch))
-        finally:
-            con.close()
-
-
 def _render_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
     """The template as one SQL expression over table ``src_n``; unknown columns are errors."""
     assert manifest.spec.prompt is not None

@@ -43,7 +43,6 @@ class RemoteJob:
     display_name: str
     state: JobState
     result_file: str | None = None
-    has_inline_results: bool = False
     request_count: int = 0
     succeeded_count: int = 0
     failed_count: int = 0

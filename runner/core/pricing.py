@@ -31,9 +31,6 @@ class Price:
         ) / PER
 
 
-UNKNOWN = Price(input=0.0, cached_input=0.0, output=0.0)
-
-
 @dataclass(frozen=True)
 class PriceTable:
     models: dict[str, Price]

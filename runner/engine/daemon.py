@@ -55,7 +55,6 @@ class Daemon:
     known: dict[str, LoadedManifest] = field(default_factory=dict)
     _events: queue.Queue[Path] = field(default_factory=queue.Queue)
     _missing: dict[str, _Missing] = field(default_factory=dict)
-    cycles: int = 0
 
     def run(self) -> int:
         """Serve until ``stop`` is set; EXIT_DEAD when the watcher thread died."""
@@ -88,7 +87,6 @@ class Daemon:
                 if full or changed or now >= next_poll:
                     self._follow()
                     next_poll = time.monotonic() + self.rt.settings.poll_interval_s
-                self.cycles += 1
                 deadlines = [
                     next_resync,
                     next_poll,

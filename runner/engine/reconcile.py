@@ -172,9 +172,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
     manifest = loaded.manifest
     previous = rt.state.manifest(plan.name)
     new_set = previous is None or previous.set_digest != plan.set_digest
-    shown = not new_set or show_current(
-        rt, plan.name, plan.table, plan.desired, manifest.spec.output_schema
-    )
+    shown = not new_set or show_current(rt, plan.name, plan.table, plan.desired)
     rt.state.upsert_manifest(
         name=plan.name,
         path=str(loaded.path),
@@ -225,14 +223,10 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
     return plan
 
 
-def show_current(
-    rt: Runtime, name: str, table: str, desired: Path, output_schema: dict[str, object] | None
-) -> bool:
+def show_current(rt: Runtime, name: str, table: str, desired: Path) -> bool:
     """Make the results table show this version; False when the file is busy (retry later)."""
     try:
-        results.show_current(
-            results_db=rt.results_db, table=table, current=desired, output_schema=output_schema
-        )
+        results.show_current(results_db=rt.results_db, table=table, current=desired)
     except StoreBusyError as exc:
         rt.state.event("busy", str(exc), manifest=name)
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from runner.adapters import sources
@@ -125,8 +126,6 @@ def _input_path(rt: Runtime, job: JobRow) -> Path:
 
 
 def _upload_expired(job: JobRow) -> bool:
-    from datetime import datetime
-
     updated = datetime.fromisoformat(job.updated_at).timestamp()
     return time.time() - updated > UPLOAD_MAX_AGE_S
 

@@ -170,7 +170,10 @@ def test_a_git_repository_drives_what_runs(
     git("rm", "--quiet", "jobs/cities.yaml")
     git("commit", "--quiet", "-m", "remove")
     until(lambda: "removed" in gbatch("status").out, "the removal")
-    assert second[:10] in gbatch("status").out or "removed" in gbatch("status").out
+    recorded = gbatch(
+        "query", "select status, commit_sha from gbatch_manifests", "--format", "csv"
+    ).out.split()
+    assert recorded == ["status,commit_sha", f"removed,{second}"]  # the last applied commit
     assert rows(gbatch, "select count(*) from cities") == [(2,)]
     assert emulator.count("batches.create") == 2
     assert daemon.stop() == 0
