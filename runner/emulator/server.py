@@ -97,6 +97,7 @@ def _page(items: list[Any], query: dict[str, list[str]], key: str) -> dict[str, 
 class Handler(BaseHTTPRequestHandler):
     server: EmulatorHTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: calls are recorded
         return

@@ -258,7 +258,9 @@ class Service:
 
     def all_batches(self) -> list[Batch]:
         with self.lock:
-            batches = sorted(self.batches.values(), key=lambda b: b.created, reverse=True)
+            batches = sorted(  # newest first; ties (same clock tick) by creation order
+                reversed(self.batches.values()), key=lambda b: b.created, reverse=True
+            )
             for batch in batches:
                 self._advance(batch)
             return batches
