@@ -7,6 +7,8 @@ unless the caller maps it. Used by sources, results and ledger.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,20 +34,58 @@ def path_list(paths: Sequence[Path]) -> str:
     return "[" + ", ".join(literal(str(p)) for p in paths) + "]"
 
 
-def memory(*, temp_dir: Path | None = None, memory_limit: str = "2GB") -> Connection:
-    """An in-memory connection for set work; spills to ``temp_dir`` instead of running out."""
-    config: dict[str, str | bool | int | float | list[str]] = {
-        "memory_limit": memory_limit,
-        "preserve_insertion_order": True,
-    }
+def memory(*, temp_dir: Path | None = None) -> Connection:
+    """A private in-memory database; spills to ``temp_dir`` instead of running out.
+
+    Private, so it may be locked down (user SQL) or hold a set of any size.
+    """
+    config = dict(_CONFIG)
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
     return duckdb.connect(":memory:", config=config)
 
 
-def open_file(path: Path, *, read_only: bool) -> Connection:
-    """A connection to a database file; StoreBusyError when another process holds it."""
+def shared_memory() -> Connection:
+    """A cursor on the process's shared in-memory database, with temp tables of its own.
+
+    Opening a database costs ~10 ms and a reconcile needs several small ones (ledger, JSONL);
+    a cursor costs ~0.3 ms. Only temp tables, and never lock it down: others share it.
+    """
+    return _shared().cursor()
+
+
+_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "memory_limit": "2GB",
+    "preserve_insertion_order": True,
+}
+_shared_db: list[Connection] = []
+_shared_lock = threading.Lock()
+
+
+def _shared() -> Connection:
+    with _shared_lock:
+        if not _shared_db:
+            _shared_db.append(duckdb.connect(":memory:", config=_CONFIG))
+        return _shared_db[0]
+
+
+def open_file(path: Path, *, read_only: bool, wait_s: float = 0.0) -> Connection:
+    """A connection to a database file; StoreBusyError when another process holds it.
+
+    ``wait_s`` keeps trying that long first (a reader waiting out one ingest transaction).
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _open(path, read_only=read_only)
+        except StoreBusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _open(path: Path, *, read_only: bool) -> Connection:
     if read_only and not path.exists():
         raise StoreError(f"no results database at {path} yet: nothing has been ingested")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.adapters.duck import Connection, literal, memory, path_list
+from runner.adapters.duck import Connection, literal, path_list, shared_memory
 
 # Per-line error codes that the same request will hit again: not worth paying for twice.
 PERMANENT_CODES = (400, 401, 403, 404)
@@ -79,10 +79,10 @@ def diff(
     failed before, retryable and under ``retries`` attempts; exhausted: failed too often or
     permanently; new / changed: never sent (changed when the key had another hash before).
     """
-    con = memory()
+    con = shared_memory()
     ledger_files = sorted(ledger_dir.glob("*.parquet")) if ledger_dir.is_dir() else []
     con.execute(
-        "create table l as "
+        "create temp table l as "
         + (
             "select key, request_hash, status, retryable "
             f"from read_parquet({path_list(ledger_files)})"
@@ -93,7 +93,7 @@ def diff(
     )
     flight = [p for p in in_flight if p.exists()]
     con.execute(
-        "create table f as "
+        "create temp table f as "
         + (
             f"select distinct key, request_hash from read_parquet({path_list(flight)})"
             if flight
@@ -107,7 +107,7 @@ def diff(
     )
     con.execute(
         f"""
-        create table d as
+        create temp table d as
         with answered as (select distinct key, request_hash from l where status = 'succeeded'),
         failures as (
             select key, request_hash, count(*) n, bool_and(retryable) retryable
@@ -171,10 +171,10 @@ def chunk(
     written, resubmitted and ingested from it alone; its name is the digest of its
     (key, hash) pairs, so the same split is the same file.
     """
-    con = memory()
+    con = shared_memory()
     con.execute(
         f"""
-        create table s as
+        create temp table s as
         select key, greatest(
                 (row_number() over w - 1) // {int(max_requests)},
                 (sum(request_bytes + length(key) + 20) over w - 1) // {int(max_bytes)}
@@ -206,7 +206,7 @@ def chunk(
 
 def set_digest(path: Path) -> str:
     """A digest of a request set's (key, hash) pairs: equal sets, equal digests."""
-    con = memory()
+    con = shared_memory()
     row = con.execute(
         "select sha256(coalesce(string_agg(key || chr(9) || request_hash, chr(10) order by key),"
         f" '')) from read_parquet({literal(str(path))})"
@@ -225,7 +225,7 @@ def record_outcome(
     is permanent); a requested key with no line (truncated file, failed or expired job) is
     failed and retryable.
     """
-    con = memory()
+    con = shared_memory()
     if result_file is not None and result_file.exists() and result_file.stat().st_size > 0:
         lines = (
             f"select key::varchar key, response is not null and error is null ok, "
@@ -262,7 +262,7 @@ def record_outcome(
 
 def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
     """Up to ``limit`` request JSON texts among the rows to submit (for countTokens)."""
-    con = memory()
+    con = shared_memory()
     rows = con.execute(
         f"select d.request from read_parquet({literal(str(desired))}) d "
         f"semi join read_parquet({literal(str(to_submit))}) s using (key) "
@@ -274,7 +274,7 @@ def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
 
 def failed_job_lines(*, job_requests: Path, message: str, status: str, out: Path) -> None:
     """Result lines for a job that produced none (FAILED, EXPIRED, CANCELLED): one error each."""
-    con = memory()
+    con = shared_memory()
     error = json.dumps({"code": 0, "message": message, "status": status})
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters import query_source
-from runner.adapters.duck import Connection, Error, ident, literal, memory, path_list
+from runner.adapters.duck import (
+    Connection,
+    Error,
+    ident,
+    literal,
+    memory,
+    path_list,
+    shared_memory,
+)
 from runner.core import template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathEscapeError, confine, confine_glob
@@ -55,6 +63,20 @@ def _files(manifest: Manifest, *, field: str, base_dir: Path, root: Path) -> lis
     if not path.is_file():
         raise ManifestError(f"no such file: {pattern} (looked at {path})", field=f"source.{field}")
     return [path]
+
+
+def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path] | None:
+    """The files a manifest's requests are built from; None when unknowable (a query source).
+
+    The daemon fingerprints these (with the manifest's digest) to skip unchanged manifests.
+    """
+    source = manifest.spec.source
+    if source.query is not None:
+        return None
+    if source.rows is not None:
+        return []
+    field = "path" if source.path is not None else "requests"
+    return _files(manifest, field=field, base_dir=base_dir, root=root)
 
 
 def _relation(
@@ -288,7 +310,7 @@ def _passthrough(
 
 def write_jsonl(requests: Path, out: Path) -> tuple[int, int]:
     """The set's rows as ``{"key", "request"}`` JSONL (request embedded as an object)."""
-    con = memory()
+    con = shared_memory()
     try:
         partial = out.with_name(out.name + ".part")
         con.execute(
