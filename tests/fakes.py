@@ -26,6 +26,7 @@ class FakeBackend:
         self.history: list[tuple[str, str]] = []
         self._errors: dict[str, list[Exception]] = defaultdict(list)
         self._ids = itertools.count(1)
+        self.api_errors: dict[str, int] = {}
 
     def enqueue(self, method: str, *errors: Exception) -> None:
         self._errors[method].extend(errors)

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,7 @@ class GeminiBackend:
         self._read_attempts = read_attempts
         self._max_backoff_s = max_backoff_s
         self._sleep = sleep
+        self.api_errors: Counter[str] = Counter()  # read by the metrics endpoint
 
     # -- files -------------------------------------------------------------------------------
     def upload_jsonl(self, path: Path, *, display_name: str) -> str:
@@ -91,7 +93,7 @@ class GeminiBackend:
                 model=model, src=src, config=types.CreateBatchJobConfig(display_name=display_name)
             )
         except Exception as exc:
-            error = _translate(exc, f"create {display_name}")
+            error = self._translated(exc, f"create {display_name}")
             if isinstance(error, TransientBackendError) and error.code != 429:
                 # 5xx, timeouts, dropped connections: the job may exist. 429 means it does not.
                 raise UnclearCreateError(
@@ -165,13 +167,19 @@ class GeminiBackend:
             try:
                 return call()
             except Exception as exc:
-                error = _translate(exc, what)
+                error = self._translated(exc, what)
                 if not isinstance(error, TransientBackendError) or attempt == self._read_attempts:
                     raise error from exc
                 delay = min(error.delay * attempt, self._max_backoff_s)
                 log.warning("%s: %s; retry %d in %.1fs", what, error, attempt, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+    def _translated(self, exc: Exception, what: str) -> BackendError:
+        """``_translate``, counted in ``api_errors`` by HTTP code (or status) for metrics."""
+        error = _translate(exc, what)
+        self.api_errors[str(error.code) if error.code else error.status or "transport"] += 1
+        return error
 
 
 def _translate(exc: Exception, what: str) -> BackendError:

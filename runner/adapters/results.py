@@ -344,7 +344,7 @@ def run_query(
     problem = single_select(sql)
     if problem:
         raise QueryError(problem)
-    con = open_file(results_db, read_only=True) if results_db.exists() else memory()
+    con = open_file(results_db, read_only=True, wait_s=10) if results_db.exists() else memory()
     try:
         for name, (columns, rows) in (extra_tables or {}).items():
             con.execute(_temp_table_sql(name, columns, rows))

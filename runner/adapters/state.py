@@ -74,6 +74,10 @@ MIGRATIONS = (
     """
     alter table manifests add column policy text not null default '{}';
     """,
+    """
+    alter table jobs add column prompt_tokens integer not null default 0;
+    alter table jobs add column output_tokens integer not null default 0;
+    """,
 )
 
 # Local progress of a job, in order. Terminal phases: ingested, abandoned.
@@ -108,6 +112,8 @@ class JobRow:
     error: str | None
     created_at: str
     updated_at: str
+    prompt_tokens: int
+    output_tokens: int
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,19 @@ class StateStore:
                 "insert into events (at, manifest, job, kind, message) values (?, ?, ?, ?, ?)",
                 (now(), manifest, job, kind, message),
             )
+
+    def summary(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Aggregates for metrics: manifests by status, jobs by phase and remote state."""
+        return {
+            "manifests": self._db.execute(
+                "select status, count(*) from manifests group by status"
+            ).fetchall(),
+            "jobs": self._db.execute(
+                "select phase, coalesce(remote_state, ''), count(*), sum(requests), "
+                "sum(succeeded), sum(failed), sum(prompt_tokens), sum(output_tokens), "
+                "coalesce(sum(cost_usd), 0) from jobs group by 1, 2"
+            ).fetchall(),
+        }
 
     def tables(self) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
         """The bookkeeping tables as (columns, rows), for ``gbatch query``."""

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow many manifests to vanish at once (the guard holds them otherwise)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics and /healthz on this port (0 picks a free one)",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p = sub.add_parser("status", help="manifests, jobs, states, counts, cost, last error")
     p.add_argument("--jobs", action="store_true", help="list every job too")
     p = sub.add_parser("query", help="run read-only SQL over the results")

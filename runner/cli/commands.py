@@ -19,6 +19,7 @@ from pathlib import Path
 from runner.adapters import results
 from runner.adapters.gemini import GeminiBackend
 from runner.adapters.gitrepo import GitCheckout
+from runner.adapters.metrics import MetricsServer
 from runner.adapters.state import JobRow, ProcessLock, StateStore
 from runner.cli import render
 from runner.core.durations import parse_duration
@@ -208,8 +209,23 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         daemon = Daemon(rt, options)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: daemon.stop.set())
+        metrics = None
+        if args.metrics_port is not None:
+            metrics = MetricsServer(
+                state_db=settings.state_db,
+                api_errors=rt.backend.api_errors,
+                checks=daemon.health_problems,
+                host=args.metrics_host,
+                port=args.metrics_port,
+            ).start()
+            daemon.observe_reconcile = metrics.observe_reconcile
+            print(f"metrics: http://{args.metrics_host}:{metrics.port}/metrics", flush=True)
         print(f"gbatch watch: {git.url if git else root} (Ctrl-C stops)", flush=True)
-        return daemon.run()
+        try:
+            return daemon.run()
+        finally:
+            if metrics is not None:
+                metrics.stop()
 
 
 def _seconds(text: str, option: str) -> float:

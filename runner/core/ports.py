@@ -5,7 +5,7 @@ Adapters implement them (``runner.adapters.gemini.GeminiBackend``); tests may pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +14,11 @@ from runner.core.jobs import RemoteJob
 
 class Backend(Protocol):
     """The Gemini Batch API, reduced to the calls gbatch makes."""
+
+    @property
+    def api_errors(self) -> Mapping[str, int]:
+        """Errors seen so far, by HTTP code or status (for metrics)."""
+        ...
 
     def upload_jsonl(self, path: Path, *, display_name: str) -> str:
         """Upload a request file; returns its ``files/...`` name."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.adapters import sources
 from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
@@ -39,6 +41,7 @@ class DaemonOptions:
     max_wait_s: float = 5.0
     git: GitCheckout | None = None
     git_interval_s: float = 60.0
+    stale_after_s: float = 600.0  # health fails when the loop has not turned for this long
 
 
 @dataclass
@@ -55,6 +58,22 @@ class Daemon:
     known: dict[str, LoadedManifest] = field(default_factory=dict)
     _events: queue.Queue[Path] = field(default_factory=queue.Queue)
     _missing: dict[str, _Missing] = field(default_factory=dict)
+    _applied: dict[str, Fingerprint | None] = field(default_factory=dict)
+    observe_reconcile: Callable[[float], None] = lambda seconds: None  # for metrics
+    _beat: float = field(default_factory=time.monotonic)
+    _watcher: ManifestWatcher | None = None
+
+    def health_problems(self) -> list[str]:
+        """What is wrong with this daemon, for the health endpoint (any thread may ask)."""
+        problems = []
+        if self._watcher is not None and not self._watcher.is_alive():
+            problems.append("the file watcher is dead")
+        idle = time.monotonic() - self._beat
+        if idle > self.options.stale_after_s:
+            problems.append(f"the reconcile loop has not turned for {idle:.0f}s")
+        if self.stop.is_set():
+            problems.append("stopping")
+        return problems
 
     def run(self) -> int:
         """Serve until ``stop`` is set; EXIT_DEAD when the watcher thread died."""
@@ -64,11 +83,13 @@ class Daemon:
                 self.options.root, on_path=self._events.put, poll=self.options.poll_files
             )
             watcher.start()
+            self._watcher = watcher
         debouncer = Debouncer(quiet=self.options.quiet_s, max_wait=self.options.max_wait_s)
         next_resync = next_git = 0.0
         next_poll = 0.0
         try:
             while not self.stop.is_set():
+                self._beat = time.monotonic()
                 if watcher is not None and not watcher.is_alive():
                     log.error("the file watcher died; stopping (a restart resumes all work)")
                     return EXIT_DEAD
@@ -82,6 +103,7 @@ class Daemon:
                 settling = self._settle_deadline()
                 if full or changed or (settling is not None and now >= settling):
                     self.reconcile(None if full else changed)
+                    self.observe_reconcile(time.monotonic() - now)
                     if full:
                         next_resync = now + self.options.resync_s
                 if full or changed or now >= next_poll:
@@ -138,8 +160,12 @@ class Daemon:
             return True
         return False
 
-    def reconcile(self, changed: set[Path] | None) -> None:
-        """Re-read manifests (all, or those in changed files) and apply each valid one."""
+    def reconcile(self, changed: set[Path] | None, *, again: set[str] | None = None) -> None:
+        """Re-read manifests and apply those whose content or input files changed.
+
+        ``changed`` None means a full resync. ``again`` names manifests to apply even when
+        unchanged (a job of theirs just came back with failed lines that may need a retry).
+        """
         loaded, errors = load_paths([self.options.root])
         seen_files = {item.path for item in loaded} | {
             e.location.path for e in errors if e.location is not None
@@ -149,8 +175,13 @@ class Daemon:
         for error in errors:
             self._invalid(error)
         for name, item in by_name.items():
-            if not touches_data and changed is not None and item.path not in changed:
+            forced = again is not None and name in again
+            if not forced and not touches_data and changed is not None and item.path not in changed:
                 self.known.setdefault(name, item)
+                continue
+            fingerprint = _fingerprint(item)
+            if not forced and self._unchanged(name, fingerprint):
+                self.known[name] = item
                 continue
             problem = check_data(item)
             if problem is not None:
@@ -159,16 +190,25 @@ class Daemon:
             try:
                 reconcile.apply_manifest(self.rt, item)
                 self.known[name] = item
+                self._applied[name] = fingerprint
             except ManifestError as exc:
                 self._invalid(exc)
             except GbatchError as exc:
                 log.error("%s: %s", name, exc)
                 self.rt.state.update_manifest(name, last_error=str(exc))
-        self._deletions(by_name, seen_files)
+        if again is None:
+            self._deletions(by_name, seen_files)
         try:
             submit.submit_pending(self.rt)
         except BackendError as exc:
             log.warning("submit: %s", exc)
+
+    def _unchanged(self, name: str, fingerprint: Fingerprint | None) -> bool:
+        """Applied before with the same content and inputs, and nothing since went wrong."""
+        if fingerprint is None or self._applied.get(name) != fingerprint:
+            return False
+        row = self.rt.state.manifest(name)
+        return row is not None and row.status == "ok" and not row.last_error
 
     def _invalid(self, error: ManifestError) -> None:
         """Keep the last good version running; show the error on the manifests of that file."""
@@ -218,8 +258,27 @@ class Daemon:
             del self._missing[row.name]
 
     def _follow(self) -> None:
+        """Poll and ingest; a manifest whose job had failed lines is applied again (retries)."""
         try:
-            follow.follow_once(self.rt, self.known)
+            report = follow.follow_once(self.rt, self.known)
             submit.submit_pending(self.rt)
         except BackendError as exc:
             log.warning("follow: %s", exc)
+            return
+        if report.failed_lines:
+            self.reconcile(set(), again=report.failed_lines)
+
+
+Fingerprint = tuple[str, tuple[tuple[str, int, int], ...]]
+
+
+def _fingerprint(item: LoadedManifest) -> Fingerprint | None:
+    """The manifest's digest and its input files' (path, mtime, size); None if unknowable."""
+    try:
+        files = sources.input_files(item.manifest, base_dir=item.base_dir, root=item.root)
+        if files is None:
+            return None
+        stats = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    except (ManifestError, OSError):
+        return None
+    return item.digest, stats

@@ -9,7 +9,7 @@ leaves it ``downloaded`` for the next poll. Called by the CLI's apply --wait and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.adapters import ledger, results
@@ -29,6 +29,7 @@ class FollowReport:
     finished: int = 0
     ingested: int = 0
     busy: int = 0
+    failed_lines: set[str] = field(default_factory=set)  # manifests to look at for retries
 
 
 def poll(rt: Runtime) -> None:
@@ -139,6 +140,8 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
             succeeded=outcome.succeeded,
             failed=outcome.failed,
             cost_usd=summary.cost_usd,
+            prompt_tokens=summary.prompt_tokens,
+            output_tokens=summary.output_tokens,
         )
         rt.state.event(
             "ingested",
@@ -158,6 +161,8 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
         if row is not None and (row.last_error or "").startswith("ingest waiting"):
             rt.state.update_manifest(job.manifest, last_error=None)
         report.ingested += 1
+        if outcome.failed:
+            report.failed_lines.add(job.manifest)
     return report
 
 

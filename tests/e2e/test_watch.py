@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from runner.emulator import Emulator
-from tests.conftest import Gbatch
+from runner.emulator import Emulator, Fault
+from tests.conftest import API_KEY, Gbatch
 
 
 def manifest(rows: list[str], name: str = "cities") -> str:
@@ -200,3 +203,88 @@ def test_sigterm_mid_flight_then_restart_adopts_the_job_without_a_second_create(
         until(lambda: rows(gbatch, "select count(*) from cities") == [(2,)], "the answers")
         assert slow.count("batches.create") == 1
         assert second.stop() == 0
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_and_health_endpoints_report_the_daemon(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    emulator.add_fault(Fault(endpoint="batches.list", status=503, times=1, retry_delay_s=0.01))
+    daemon = Daemon(gbatch, "manifests", "--metrics-port", "0")
+    daemons.append(daemon)
+    until(lambda: re.search(r"metrics: (http://\S+)/metrics", daemon.output()), "the port")
+    match = re.search(r"metrics: (http://\S+)/metrics", daemon.output())
+    assert match is not None
+    base = match.group(1)
+    assert get(f"{base}/healthz") == (200, "ok\n")
+    gbatch.write("cities.yaml", manifest(["Oslo", "Lima"]))
+    until(lambda: rows(gbatch, "select count(*) from cities") == [(2,)], "the answers")
+
+    def scraped() -> str:
+        return get(f"{base}/metrics")[1]
+
+    until(lambda: 'gbatch_jobs{phase="ingested",state="succeeded"} 1.0' in scraped(), "metrics")
+    text = scraped()
+    assert 'gbatch_manifests{status="ok"} 1.0' in text
+    assert 'gbatch_requests{outcome="succeeded"} 2.0' in text
+    assert re.search(r'gbatch_tokens_total\{kind="prompt"\} [1-9]', text)
+    assert re.search(r"gbatch_cost_usd_total [0-9.e-]+", text)
+    assert 'gbatch_api_errors_total{code="503"} 1.0' in text
+    assert re.search(r"gbatch_reconcile_duration_seconds_count [1-9]", text)
+    assert API_KEY not in text
+    assert get(f"{base}/nothing")[0] == 404
+    assert daemon.stop() == 0
+
+
+def test_a_hundred_manifests_written_at_once_each_submit_once(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    daemon = Daemon(gbatch, "manifests")
+    daemons.append(daemon)
+    until(lambda: "gbatch watch" in daemon.output(), "the daemon")
+    for i in range(100):
+        gbatch.write(f"m{i:03}.yaml", manifest([f"City{i}"], name=f"m{i:03}"))
+
+    def ingested() -> int:
+        out = gbatch(
+            "query", "select count(*) from gbatch_jobs where phase = 'ingested'", "--format", "csv"
+        ).out
+        return int(out.split()[-1])
+
+    until(lambda: ingested() == 100, "every manifest's answers", timeout=110)
+    assert emulator.count("batches.create") == 100
+    assert rows(gbatch, "select count(*) from m042") == [(1,)]
+    assert daemon.stop() == 0
+
+
+def test_failed_lines_are_retried_as_soon_as_their_job_is_ingested(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    emulator.add_fault(Fault(endpoint="batches.create", fail_lines_fraction=0.5, times=1))
+    cities = [f"City{i}" for i in range(12)]  # each line fails with p = 0.5: some will
+    gbatch.write("cities.yaml", manifest(cities))
+    daemon = Daemon(gbatch, "manifests", "--resync", "1h")  # no resync will come to help
+    daemons.append(daemon)
+    until(
+        lambda: (
+            rows(gbatch, "select count(*) filter (status = 'succeeded') from cities") == [(12,)]
+        ),
+        "the retried lines",
+    )
+    assert emulator.count("batches.create") == 2
+    jobs = gbatch(
+        "query", "select requests, failed from gbatch_jobs order by id", "--format", "csv"
+    ).out.split()[1:]
+    (first_requests, first_failed), (second_requests, second_failed) = (
+        map(int, line.split(",")) for line in jobs
+    )
+    assert first_requests == 12 and first_failed >= 1
+    assert (second_requests, second_failed) == (first_failed, 0)  # only the failed went again
+    assert daemon.stop() == 0

@@ -6,29 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-import pytest
 
-from runner.adapters.state import StateStore
 from runner.core.loader import load_paths
-from runner.core.pricing import load_prices
 from runner.engine import follow, reconcile, submit
 from runner.engine.runtime import Runtime
 from runner.errors import TransientBackendError, UnclearCreateError
-from runner.settings import Settings
 from tests.fakes import FakeBackend
-
-
-@pytest.fixture
-def rt(tmp_path: Path) -> Runtime:
-    settings = Settings(
-        db=tmp_path / "results.duckdb", state_dir=tmp_path / "state", max_backoff_s=0.01
-    )
-    return Runtime(
-        settings=settings,
-        state=StateStore(settings.state_db),
-        backend=FakeBackend(),
-        prices=load_prices(),
-    )
 
 
 def manifests(tmp_path: Path, rows: int = 3, per_job: int = 100) -> dict[str, object]:

@@ -1,0 +1,26 @@
+"""The engine's fixture: a Runtime over the fake backend with real SQLite and DuckDB files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.adapters.state import StateStore
+from runner.core.pricing import load_prices
+from runner.engine.runtime import Runtime
+from runner.settings import Settings
+from tests.fakes import FakeBackend
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Runtime:
+    settings = Settings(
+        db=tmp_path / "results.duckdb", state_dir=tmp_path / "state", max_backoff_s=0.01
+    )
+    return Runtime(
+        settings=settings,
+        state=StateStore(settings.state_db),
+        backend=FakeBackend(),
+        prices=load_prices(),
+    )

@@ -1,0 +1,179 @@
+"""The daemon's decisions, driven in-process (no watcher thread) against the fake backend:
+what a resync re-applies, the mass-delete guard, and the health checks. Real files, real
+DuckDB and SQLite; the watcher and the HTTP path are covered by tests/e2e/test_watch.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.adapters.watcher import ManifestWatcher
+from runner.engine import reconcile
+from runner.engine.daemon import Daemon, DaemonOptions
+from runner.engine.runtime import Runtime
+
+
+def write(root: Path, name: str, rows: list[int], *, extra: str = "") -> Path:
+    body = "".join(f"  - {{n: {i}}}\n" for i in rows)
+    path = root / f"{name}.yaml"
+    path.write_text(
+        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n"
+        + body
+        + "prompt: {template: 'Number {{ n }}'}\n"
+        + extra
+    )
+    return path
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the manifests ``reconcile.apply_manifest`` was called for, in order."""
+    calls: list[str] = []
+    real = reconcile.apply_manifest
+
+    def spy(rt: Runtime, loaded: object) -> object:
+        calls.append(loaded.manifest.name)  # type: ignore[attr-defined]
+        return real(rt, loaded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconcile, "apply_manifest", spy)
+    return calls
+
+
+def daemon(rt: Runtime, root: Path, **options: object) -> Daemon:
+    return Daemon(rt, DaemonOptions(root=root, settle_s=0.0, **options))  # type: ignore[arg-type]
+
+
+def test_a_resync_applies_only_manifests_whose_content_or_data_changed(
+    rt: Runtime,
+    tmp_path: Path,
+    applied: list[str],
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    write(root, "inline", [1, 2])
+    (root / "data.csv").write_text("n\n1\n2\n")
+    (root / "file.yaml").write_text(
+        "model: gemini-2.5-flash\nsource: {path: data.csv, key: n}\n"
+        "prompt: {template: 'Number {{ n }}'}\n"
+    )
+    (root / "query.yaml").write_text(
+        'model: gemini-2.5-flash\nsource: {query: "select 1 as n", key: n}\n'
+        "prompt: {template: 'Number {{ n }}'}\n"
+    )
+    d = daemon(rt, root)
+    d.reconcile(None)
+    assert sorted(applied) == ["file", "inline", "query"]
+    applied.clear()
+    d.reconcile(None)
+    assert applied == ["query"]  # a query's inputs are unknowable: always rebuilt
+    applied.clear()
+    (root / "data.csv").write_text("n\n1\n2\n3\n")
+    write(root, "inline", [1, 2])  # rewritten with the same content
+    d.reconcile(None)
+    assert sorted(applied) == ["file", "query"]
+    applied.clear()
+    d.reconcile(set(), again={"inline"})  # a job of inline's was ingested: look again
+    assert applied == ["inline"]
+
+
+def test_an_invalid_manifest_restored_to_its_last_good_content_is_applied_again(
+    rt: Runtime,
+    tmp_path: Path,
+    applied: list[str],
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    path = write(root, "nums", [1])
+    good = path.read_text()
+    d = daemon(rt, root)
+    d.reconcile(None)
+    path.write_text(good.replace("model:", "modle:"))
+    d.reconcile({path})
+    row = rt.state.manifest("nums")
+    assert row is not None and row.status == "invalid"
+    path.write_text(good)
+    d.reconcile({path})
+    row = rt.state.manifest("nums")
+    assert row is not None and row.status == "ok"
+    assert applied == ["nums", "nums"]
+
+
+def test_the_mass_delete_guard_holds_vanished_manifests_until_they_return(
+    rt: Runtime,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    paths = [write(root, f"m{i}", [i]) for i in range(4)]
+    texts = [p.read_text() for p in paths]
+    d = daemon(rt, root)
+    d.reconcile(None)
+    for path in paths[:3]:
+        path.unlink()
+    d.reconcile(None)
+    d.reconcile(None)  # past the (zero) settle window: still held
+    statuses = {m.name: (m.status, m.last_error or "") for m in rt.state.manifests()}
+    for name in ("m0", "m1", "m2"):
+        assert statuses[name][0] == "missing"
+        assert "3 of 4 manifests vanished at once" in statuses[name][1]
+    assert statuses["m3"] == ("ok", "")
+    for path, text in zip(paths[:3], texts[:3], strict=True):
+        path.write_text(text)
+    d.reconcile(None)
+    assert {m.status for m in rt.state.manifests()} == {"ok"}
+    assert d.health_problems() == []
+
+
+def test_confirmed_deletions_are_removed_and_results_rows_are_not_touched(
+    rt: Runtime,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    paths = [write(root, f"m{i}", [i]) for i in range(3)]
+    d = daemon(rt, root, confirm_deletions=True)
+    d.reconcile(None)
+    for path in paths[:2]:
+        path.unlink()
+    d.reconcile(None)
+    statuses = {m.name: m.status for m in rt.state.manifests()}
+    assert statuses == {"m0": "removed", "m1": "removed", "m2": "ok"}
+
+
+def test_a_single_deletion_waits_out_the_settle_window(
+    rt: Runtime,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    paths = [write(root, f"m{i}", [i]) for i in range(3)]
+    d = Daemon(rt, DaemonOptions(root=root, settle_s=3600))
+    d.reconcile(None)
+    paths[0].unlink()
+    d.reconcile(None)
+    row = rt.state.manifest("m0")
+    assert row is not None and row.status == "missing"
+    d._missing["m0"].since -= 3601  # the settle window has passed
+    d.reconcile(None)
+    row = rt.state.manifest("m0")
+    assert row is not None and row.status == "removed"
+
+
+def test_health_fails_when_the_watcher_dies_or_the_loop_stops_turning(
+    rt: Runtime,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    d = daemon(rt, root, stale_after_s=60.0)
+    watcher = ManifestWatcher(root, on_path=lambda path: None)
+    watcher.start()
+    d._watcher = watcher
+    assert d.health_problems() == []
+    d._beat = time.monotonic() - 120
+    assert d.health_problems() == ["the reconcile loop has not turned for 120s"]
+    d._beat = time.monotonic()
+    watcher.stop()
+    assert d.health_problems() == ["the file watcher is dead"]
