@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         0, ge=0, description="Jobs this small (bytes) go inline instead of through a file."
     )
     max_concurrent_jobs: int = Field(100, ge=1)
+    # Enqueued input tokens allowed per model (the API's batch quota), as JSON, e.g.
+    # {"gemini-2.5-flash": 3000000}; models not named are not limited here.
+    enqueued_tokens: dict[str, int] = Field(default_factory=dict)
     prices_file: Path | None = None
     log_format: Literal["text", "json"] = "text"
 

@@ -6,6 +6,7 @@ no database file is held, so planning never waits on the results database. Files
 - ``sets/<manifest>/<set digest>.parquet``  every request of a manifest version (data plane)
 - ``jobs/<intent>.parquet``                 the rows one job carries (key, hash, source cols)
 - ``ledger/<manifest>/<job id>.parquet``    outcome per row of a finished job
+- ``answers/<job id>.parquet``              the answer store: response per request hash
 
 Called by the engine's reconcile (diff, chunk) and follow (record_outcome) steps.
 """
@@ -30,6 +31,8 @@ class RowDiff:
     total: int
     unchanged: int
     in_flight: int
+    reused: int  # answered before under another key or manifest: copied, not sent
+    waiting: int  # in flight under another key or manifest: copied once it is answered
     new: int
     changed: int
     retry: int
@@ -72,12 +75,18 @@ def diff(
     previous: Path | None,
     retries: int,
     out: Path,
+    answers: list[Path] | None = None,
+    elsewhere: list[Path] | None = None,
+    reuse_out: Path | None = None,
 ) -> RowDiff:
     """Compare ``desired`` with the ledger; write the rows to submit (ordered by key) to ``out``.
 
-    unchanged: answered before with the same hash; in_flight: carried by a live job; retry:
+    unchanged: answered before with the same hash; in_flight: carried by a live job; reused:
+    the same request hash has an answer in the ``answers`` store (rows written to
+    ``reuse_out``); waiting: the hash is carried by a live job in ``elsewhere``; retry:
     failed before, retryable and under ``retries`` attempts; exhausted: failed too often or
     permanently; new / changed: never sent (changed when the key had another hash before).
+    Without ``answers`` / ``elsewhere`` (a manifest that opts out) nothing is reused.
     """
     con = shared_memory()
     ledger_files = sorted(ledger_dir.glob("*.parquet")) if ledger_dir.is_dir() else []
@@ -100,6 +109,24 @@ def diff(
             else "select ''::varchar key, ''::varchar request_hash where false"
         )
     )
+    stored = [p for p in answers or [] if p.exists()]
+    con.execute(
+        "create temp table a as "
+        + (
+            f"select distinct request_hash from read_parquet({path_list(stored)})"
+            if stored
+            else "select ''::varchar request_hash where false"
+        )
+    )
+    other = [p for p in elsewhere or [] if p.exists()]
+    con.execute(
+        "create temp table w as "
+        + (
+            f"select distinct request_hash from read_parquet({path_list(other)})"
+            if other
+            else "select ''::varchar request_hash where false"
+        )
+    )
     prev_select = (
         f"select key from read_parquet({literal(str(previous))})"
         if previous is not None and previous.exists()
@@ -118,6 +145,8 @@ def diff(
             case
                 when a.key is not null then 'unchanged'
                 when f.key is not null then 'in_flight'
+                when d.request_hash in (select request_hash from a) then 'reused'
+                when d.request_hash in (select request_hash from w) then 'waiting'
                 when x.key is not null and (not x.retryable or x.n > {int(retries)})
                     then 'exhausted'
                 when x.key is not null then 'retry'
@@ -146,11 +175,19 @@ def diff(
         f"select key, request_hash, request_bytes from d where {submit} order by key",
         out,
     )
+    if reuse_out is not None:
+        _atomic_copy(
+            con,
+            "select key, request_hash, request_bytes from d where verdict = 'reused' order by key",
+            reuse_out,
+        )
     con.close()
     return RowDiff(
         total=sum(counts.values()),
         unchanged=counts.get("unchanged", 0),
         in_flight=counts.get("in_flight", 0),
+        reused=counts.get("reused", 0),
+        waiting=counts.get("waiting", 0),
         new=counts.get("new", 0),
         changed=counts.get("changed", 0),
         retry=counts.get("retry", 0),
@@ -282,6 +319,44 @@ def failed_job_lines(*, job_requests: Path, message: str, status: str, out: Path
         f"copy (select key, {literal(error)}::json as error "
         f"from read_parquet({literal(str(job_requests))})) "
         f"to {literal(str(partial))} (format json)"
+    )
+    con.close()
+    os.replace(partial, out)
+
+
+def store_answers(*, job_requests: Path, result_file: Path, out: Path) -> None:
+    """Add a finished job's answered lines to the answer store (response per request hash)."""
+    con = shared_memory()
+    _atomic_copy(
+        con,
+        f"""
+        select r.request_hash, any_value(x.response)::varchar response
+        from read_parquet({literal(str(job_requests))}) r
+        join read_json({literal(str(result_file))}, format='newline_delimited',
+                       columns={{'key': 'VARCHAR', 'response': 'JSON', 'error': 'JSON'}},
+                       ignore_errors=true) x on x.key = r.key
+        where x.response is not null and x.error is null
+        group by r.request_hash
+        """,
+        out,
+    )
+    con.close()
+
+
+def reused_lines(*, job_requests: Path, answers: list[Path], out: Path) -> None:
+    """Result lines for a job of reused answers: each key gets its request hash's answer."""
+    con = shared_memory()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    con.execute(
+        f"""
+        copy (
+            select r.key, any_value(a.response)::json as response
+            from read_parquet({literal(str(job_requests))}) r
+            join read_parquet({path_list(answers)}) a using (request_hash)
+            group by r.key order by r.key
+        ) to {literal(str(partial))} (format json)
+        """
     )
     con.close()
     os.replace(partial, out)

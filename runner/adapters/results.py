@@ -66,6 +66,7 @@ def _parse(
     requests: Path,
     output_schema: dict[str, Any] | None,
     price: Price | None,
+    paid: bool,
     job: str,
     manifest: str,
     manifest_version: str,
@@ -93,8 +94,8 @@ def _parse(
         if c not in ("key", "request_hash", "request_bytes", "row_number")
     ]
     typed = schema_types.columns(output_schema) if output_schema else []
-    cost = "null::double"
-    if price is not None:
+    cost = "null::double" if paid else "0::double"  # reused answers were paid for once
+    if price is not None and paid:
         cost = (
             "((greatest(coalesce(u.promptTokenCount, 0)"
             " - coalesce(u.cachedContentTokenCount, 0), 0)"
@@ -211,6 +212,7 @@ def ingest(
     manifest: str,
     manifest_version: str,
     commit: str | None,
+    paid: bool = True,
 ) -> IngestSummary:
     """One job's result lines into ``table`` (current rows) and its history, atomically."""
     con = open_file(results_db, read_only=False)
@@ -221,6 +223,7 @@ def ingest(
             requests=requests,
             output_schema=output_schema,
             price=price,
+            paid=paid,
             job=job,
             manifest=manifest,
             manifest_version=manifest_version,

@@ -78,7 +78,15 @@ MIGRATIONS = (
     alter table jobs add column prompt_tokens integer not null default 0;
     alter table jobs add column output_tokens integer not null default 0;
     """,
+    """
+    alter table jobs add column kind text not null default 'batch';
+    alter table jobs add column submitted_at text;
+    alter table jobs add column input_tokens_est integer not null default 0;
+    """,
 )
+
+# Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
+JOB_KINDS = ("batch", "reuse")
 
 # Local progress of a job, in order. Terminal phases: ingested, abandoned.
 PHASES = ("planned", "uploaded", "submitting", "submitted", "downloaded", "ingested", "abandoned")
@@ -114,6 +122,9 @@ class JobRow:
     updated_at: str
     prompt_tokens: int
     output_tokens: int
+    kind: str
+    submitted_at: str | None
+    input_tokens_est: int
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,11 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
                     f"waiting {report.waiting}; `gbatch status` follows them"
                 )
                 return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
-            ingested_before = _ingested(rt, by_name)
-            _wait(rt, by_name, progress)
-            more = any(p.diff.submit_requests and not p.blocked for p in plans)
-            if not more or _ingested(rt, by_name) == ingested_before:
+            ingested_before = _ingested(rt)
+            waiting = any(p.diff.waiting for p in plans)  # on another manifest's live job
+            _wait(rt, by_name, progress, everyone=waiting)
+            more = waiting or any(p.diff.submit_requests and not p.blocked for p in plans)
+            if not more or _ingested(rt) == ingested_before:
                 break  # done, or a round that finished nothing: retrying would not help
         print()
         print(render.status(rt.state.manifests(), rt.state.jobs()))
@@ -134,22 +135,24 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED if failed or any(p.blocked for p in plans) else EXIT_OK
 
 
-def _ingested(rt: Runtime, manifests: dict[str, LoadedManifest]) -> int:
-    return sum(1 for j in rt.state.jobs() if j.manifest in manifests and j.phase == "ingested")
+def _ingested(rt: Runtime) -> int:
+    return sum(1 for j in rt.state.jobs() if j.phase == "ingested")
 
 
-def _wait(rt: Runtime, manifests: dict[str, LoadedManifest], progress: Progress) -> None:
-    """Poll until none of these manifests' jobs is live, printing progress."""
+def _wait(
+    rt: Runtime, manifests: dict[str, LoadedManifest], progress: Progress, *, everyone: bool
+) -> None:
+    """Poll until none of these manifests' jobs (``everyone``: no job at all) is live."""
     while True:
         report = follow.follow_once(rt, manifests)
-        own = [j for j in rt.state.jobs() if j.manifest in manifests]
+        own = [j for j in rt.state.jobs() if everyone or j.manifest in manifests]
         live = [j for j in own if j.phase not in ("ingested", "abandoned")]
         progress.show(own, live)
         if not live:
             progress.end()
             return
         if any(j.phase in ("planned", "uploaded", "submitting") for j in live):
-            submit.submit_pending(rt, manifests=set(manifests))
+            submit.submit_pending(rt, manifests=None if everyone else set(manifests))
         if report.ingested == 0:
             time.sleep(rt.settings.poll_interval_s)
 

@@ -61,6 +61,11 @@ def plan(plans: Sequence[ManifestPlan]) -> str:
             f"{d.unchanged} unchanged, {d.in_flight} in flight, {d.removed} removed"
             + (f", {d.exhausted} out of retries" if d.exhausted else "")
         )
+        if d.reused or d.waiting:
+            lines.append(
+                f"  answer store: {d.reused} answered before (copied, not paid again), "
+                f"{d.waiting} waiting for an identical request in flight"
+            )
         if p.jobs:
             sizes = ", ".join(f"{c.requests} requests / {c.bytes:,} bytes" for c in p.jobs)
             lines.append(f"  jobs to create: {len(p.jobs)} ({sizes})")

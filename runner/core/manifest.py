@@ -114,7 +114,8 @@ class Policy(Strict):
     max_cost_usd: float | None = Field(None, gt=0)
     max_requests_per_job: int | None = Field(None, ge=1)
     retries: int = Field(2, ge=0, le=10)
-    deadline: str = "36h"
+    deadline: str = "36h"  # a job pending or running longer is cancelled and resubmitted
+    reuse_answers: bool = True  # copy answers of identical requests instead of paying again
 
     @field_validator("deadline")
     @classmethod

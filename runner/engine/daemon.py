@@ -59,6 +59,7 @@ class Daemon:
     _events: queue.Queue[Path] = field(default_factory=queue.Queue)
     _missing: dict[str, _Missing] = field(default_factory=dict)
     _applied: dict[str, Fingerprint | None] = field(default_factory=dict)
+    _waiting: set[str] = field(default_factory=set)  # on another manifest's identical request
     observe_reconcile: Callable[[float], None] = lambda seconds: None  # for metrics
     _beat: float = field(default_factory=time.monotonic)
     _watcher: ManifestWatcher | None = None
@@ -188,9 +189,13 @@ class Daemon:
                 self._invalid(problem)
                 continue
             try:
-                reconcile.apply_manifest(self.rt, item)
+                plan = reconcile.apply_manifest(self.rt, item)
                 self.known[name] = item
                 self._applied[name] = fingerprint
+                if plan.diff.waiting:
+                    self._waiting.add(name)
+                else:
+                    self._waiting.discard(name)
             except ManifestError as exc:
                 self._invalid(exc)
             except GbatchError as exc:
@@ -258,15 +263,19 @@ class Daemon:
             del self._missing[row.name]
 
     def _follow(self) -> None:
-        """Poll and ingest; a manifest whose job had failed lines is applied again (retries)."""
+        """Poll and ingest; then apply again the manifests with failed lines (retries) and,
+        when anything was ingested, those waiting on another manifest's identical request."""
         try:
             report = follow.follow_once(self.rt, self.known)
             submit.submit_pending(self.rt)
         except BackendError as exc:
             log.warning("follow: %s", exc)
             return
-        if report.failed_lines:
-            self.reconcile(set(), again=report.failed_lines)
+        again = set(report.failed_lines)
+        if report.ingested:
+            again |= self._waiting  # their identical requests may have been answered now
+        if again:
+            self.reconcile(set(), again=again)
 
 
 Fingerprint = tuple[str, tuple[tuple[str, int, int], ...]]

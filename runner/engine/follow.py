@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.adapters import ledger, results
 from runner.adapters.state import JobRow
+from runner.core.durations import parse_duration
 from runner.core.jobs import JobState, RemoteJob
 from runner.core.loader import LoadedManifest
-from runner.engine.reconcile import version_of
+from runner.engine.reconcile import result_path, version_of
 from runner.engine.runtime import Runtime, log
 from runner.errors import BackendError, StoreBusyError
 
@@ -58,10 +60,40 @@ def poll(rt: Runtime) -> None:
             )
         if remote.state.terminal:
             _download(rt, rt.state.job(job.id), remote)
+        else:
+            _enforce_deadline(rt, rt.state.job(job.id))
+
+
+def _enforce_deadline(rt: Runtime, job: JobRow) -> None:
+    """Cancel a job pending or running past its manifest's ``policy.deadline``.
+
+    The cancelled job's requests come back as failed lines and are resubmitted like any
+    retryable failure (up to ``policy.retries``).
+    """
+    row = rt.state.manifest(job.manifest)
+    if job.submitted_at is None or row is None or not job.remote_name:
+        return
+    if (job.error or "").startswith("deadline"):
+        return  # cancelled already; waiting for the service to say so
+    deadline = parse_duration(json.loads(row.policy or "{}").get("deadline", "36h"))
+    age = (datetime.now(UTC) - datetime.fromisoformat(job.submitted_at)).total_seconds()
+    if age <= deadline:
+        return
+    why = f"deadline: still {job.remote_state} after {age:.0f}s (policy.deadline {deadline:.0f}s)"
+    try:
+        rt.backend.cancel_job(job.remote_name)
+    except BackendError as exc:
+        log.warning("%s: cancel of %s failed: %s", job.manifest, job.remote_name, exc)
+        return
+    rt.state.update_job(job.id, error=why)
+    rt.state.event(
+        "deadline", f"{job.remote_name} cancelled: {why}", manifest=job.manifest, job=job.id
+    )
+    log.warning("%s: %s cancelled: %s", job.manifest, job.remote_name, why)
 
 
 def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
-    dest = _result_path(rt, job)
+    dest = result_path(rt, job)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if remote.state is JobState.SUCCEEDED:
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
@@ -71,7 +103,7 @@ def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
             log.warning("%s: result file incomplete, downloading again", remote.name)
         error = None
     else:
-        error = remote.error or f"job {remote.state.value}"
+        error = remote.error or job.error or f"job {remote.state.value}"
         ledger.failed_job_lines(
             job_requests=Path(job.request_file),
             message=f"batch job {remote.name} ended {remote.state.value}: {error}",
@@ -94,10 +126,6 @@ def _complete(path: Path, expected: int) -> bool:
         return handle.read(1) == b"\n" and lines >= expected
 
 
-def _result_path(rt: Runtime, job: JobRow) -> Path:
-    return rt.results_dir() / f"{job.id}.jsonl"
-
-
 def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowReport:
     """Ingest every downloaded job; the manifest gives the table and schema."""
     report = FollowReport()
@@ -108,7 +136,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
         row = rt.state.manifest(job.manifest)
         table = loaded.manifest.table if loaded else (row.table_name if row else job.manifest)
         schema = loaded.manifest.spec.output_schema if loaded else None
-        result_file = _result_path(rt, job)
+        result_file = result_path(rt, job)
         try:
             summary = results.ingest(
                 results_db=rt.results_db,
@@ -118,6 +146,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
                 current=Path(row.request_set) if row and row.request_set else None,
                 output_schema=schema,
                 price=rt.prices.for_model(job.model),
+                paid=job.kind == "batch",
                 job=job.remote_name or job.display_name,
                 manifest=job.manifest,
                 manifest_version=version_of(loaded) if loaded else job.digest[:12],
@@ -128,6 +157,12 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
             rt.state.update_manifest(job.manifest, last_error=f"ingest waiting: {exc}")
             rt.state.event("busy", str(exc), manifest=job.manifest, job=job.id)
             continue
+        if job.kind == "batch":
+            ledger.store_answers(
+                job_requests=Path(job.request_file),
+                result_file=result_file,
+                out=rt.answers_dir() / f"{job.id}.parquet",
+            )
         outcome = ledger.record_outcome(
             job_requests=Path(job.request_file),
             result_file=result_file,

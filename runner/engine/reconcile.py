@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.adapters import ledger, results, sources
+from runner.adapters.state import JobRow
 from runner.core.loader import LoadedManifest
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import locate
@@ -28,6 +29,7 @@ class Estimate:
     output_tokens: int
     cost_usd: float | None
     basis: str  # how input tokens were counted: "countTokens sample of N" or "estimate"
+    tokens_per_char: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ManifestPlan:
     spent_usd: float
     desired: Path
     set_digest: str
+    to_reuse: Path
     blocked: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -71,6 +74,8 @@ def plan_manifest(
     previous = Path(previous_row.request_set) if previous_row and previous_row.request_set else None
     live = rt.state.jobs(manifest=name, live=True)
     to_submit = sets / "to_submit.parquet"
+    to_reuse = sets / "to_reuse.parquet"
+    reuse = manifest.spec.policy.reuse_answers
     diff = ledger.diff(
         desired=desired,
         ledger_dir=rt.ledger_dir(name),
@@ -78,6 +83,11 @@ def plan_manifest(
         previous=previous,
         retries=manifest.spec.policy.retries,
         out=to_submit,
+        answers=sorted(rt.answers_dir().glob("*.parquet")) if reuse else None,
+        elsewhere=[Path(j.request_file) for j in rt.state.jobs(live=True) if j.kind == "batch"]
+        if reuse
+        else None,
+        reuse_out=to_reuse,
     )
     limit = manifest.spec.policy.max_requests_per_job or rt.settings.max_requests_per_job
     chunks = (
@@ -114,6 +124,7 @@ def plan_manifest(
         spent_usd=spent,
         desired=desired,
         set_digest=set_digest,
+        to_reuse=to_reuse,
         blocked=blocked,
         notes=notes,
     )
@@ -153,7 +164,11 @@ def _estimate(
     price = rt.prices.for_model(spec.model)
     cost = price.cost(prompt=input_tokens, output=output_tokens) if price else None
     return Estimate(
-        input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost, basis=basis
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=cost,
+        basis=basis,
+        tokens_per_char=tokens_per_char,
     )
 
 
@@ -215,12 +230,67 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
                 "request_file": str(chunk.path),
                 "requests": chunk.requests,
                 "bytes": chunk.bytes,
+                "input_tokens_est": int(chunk.bytes * plan.estimate.tokens_per_char),
             }
         )
     if intents:
         rt.state.add_jobs(intents)
         rt.state.event("planned", f"{len(intents)} job(s): {_counts(plan)}", manifest=plan.name)
+    if plan.diff.reused:
+        _reuse(rt, plan, loaded.digest)
+    for job in rt.state.jobs(manifest=plan.name, live=True):
+        if job.kind == "reuse" and job.phase == "planned":
+            materialize_reuse(rt, job)
     return plan
+
+
+def _reuse(rt: Runtime, plan: ManifestPlan, digest: str) -> None:
+    """Record a job of answers copied from the answer store (it is never sent)."""
+    (chunk,) = ledger.chunk(
+        desired=plan.desired,
+        to_submit=plan.to_reuse,
+        max_requests=2**62,
+        max_bytes=2**62,
+        out_dir=rt.jobs_dir(),
+    )
+    earlier = sum(
+        1 for job in rt.state.jobs(manifest=plan.name) if job.request_file == str(chunk.path)
+    )
+    intent = intent_of(plan.name, f"reuse:{chunk.digest}", earlier)
+    rt.state.add_jobs(
+        [
+            {
+                "intent": intent,
+                "manifest": plan.name,
+                "digest": digest,
+                "commit_sha": rt.commit,
+                "display_name": f"gbatch-{plan.name}-reuse-{intent[:16]}",
+                "model": plan.model,
+                "request_file": str(chunk.path),
+                "requests": chunk.requests,
+                "bytes": chunk.bytes,
+                "kind": "reuse",
+            }
+        ]
+    )
+    rt.state.event(
+        "reused", f"{chunk.requests} answer(s) copied from the answer store", manifest=plan.name
+    )
+
+
+def materialize_reuse(rt: Runtime, job: JobRow) -> None:
+    """Write a reuse job's result lines from the answer store; it is then ingested as usual."""
+    ledger.reused_lines(
+        job_requests=Path(job.request_file),
+        answers=sorted(rt.answers_dir().glob("*.parquet")),
+        out=result_path(rt, job),
+    )
+    rt.state.update_job(job.id, phase="downloaded", remote_state="reused")
+
+
+def result_path(rt: Runtime, job: JobRow) -> Path:
+    """Where a finished job's result lines wait to be ingested."""
+    return rt.results_dir() / f"{job.id}.jsonl"
 
 
 def show_current(rt: Runtime, name: str, table: str, desired: Path) -> bool:
@@ -237,7 +307,8 @@ def _counts(plan: ManifestPlan) -> str:
     d = plan.diff
     return (
         f"{d.total} requests: {d.new} new, {d.changed} changed, {d.retry} retry, "
-        f"{d.unchanged} unchanged, {d.in_flight} in flight, {d.removed} removed"
+        f"{d.unchanged} unchanged, {d.in_flight} in flight, {d.reused} reused, "
+        f"{d.waiting} waiting, {d.removed} removed"
     )
 
 

@@ -47,6 +47,10 @@ class Runtime:
         """Outcome per row of each finished job (``<job id>.parquet``); always the real state."""
         return self.settings.state_dir / "ledger" / manifest
 
+    def answers_dir(self) -> Path:
+        """The answer store: one Parquet file of (request_hash, response) per batch job."""
+        return self.settings.state_dir / "answers"
+
     def inputs_dir(self) -> Path:
         """Request JSONL written for upload; removed once the job is created."""
         return self.work_dir / "inputs"

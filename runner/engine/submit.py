@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runner.adapters import sources
-from runner.adapters.state import JobRow
+from runner.adapters.state import JobRow, now
 from runner.core.jobs import RemoteJob
 from runner.engine.runtime import Runtime, log
 from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
@@ -39,21 +39,30 @@ def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitR
         job
         for job in rt.state.jobs(live=True)
         if job.phase in ("planned", "uploaded", "submitting")
+        and job.kind == "batch"
         and (manifests is None or job.manifest in manifests)
     ]
     if any(job.phase == "submitting" for job in pending):
         _adopt_lost(rt, pending, report)
         pending = [rt.state.job(job.id) for job in pending]
         pending = [job for job in pending if job.phase in ("planned", "uploaded", "submitting")]
-    in_flight = sum(1 for job in rt.state.jobs(live=True) if job.phase == "submitted")
+    submitted = [job for job in rt.state.jobs(live=True) if job.phase == "submitted"]
+    in_flight = len(submitted)
+    enqueued: dict[str, int] = {}
+    for job in submitted:
+        if job.remote_state in (None, "pending", "running"):
+            enqueued[job.model] = enqueued.get(job.model, 0) + job.input_tokens_est
     for job in pending:
-        backing_off = time.monotonic() < rt.backoff_until
-        if in_flight >= rt.settings.max_concurrent_jobs or backing_off:
+        reason = _queued(rt, job, in_flight, enqueued)
+        if reason is not None:
             report.waiting += 1
+            if job.error != reason:
+                rt.state.update_job(job.id, error=reason)
             continue
         try:
             if _advance(rt, job, report):
                 in_flight += 1
+                enqueued[job.model] = enqueued.get(job.model, 0) + job.input_tokens_est
         except TransientBackendError as exc:
             report.waiting += 1
             report.retry_after = min(max(report.retry_after, exc.delay), rt.settings.max_backoff_s)
@@ -68,6 +77,23 @@ def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitR
             rt.state.event("abandoned", str(exc), manifest=job.manifest, job=job.id)
             log.error("%s: %s", job.display_name, exc)
     return report
+
+
+def _queued(rt: Runtime, job: JobRow, in_flight: int, enqueued: dict[str, int]) -> str | None:
+    """Why ``job`` must wait (admission control), or None when it may go now."""
+    if time.monotonic() < rt.backoff_until:
+        return "queued: the API asked to back off (429)"
+    limit = rt.settings.max_concurrent_jobs
+    if in_flight >= limit:
+        return f"queued: {in_flight} jobs in flight (limit {limit})"
+    budget = rt.settings.enqueued_tokens.get(job.model)
+    waiting_tokens = enqueued.get(job.model, 0)
+    if budget is not None and waiting_tokens and waiting_tokens + job.input_tokens_est > budget:
+        return (
+            f"queued: {waiting_tokens:,} + {job.input_tokens_est:,} tokens would pass the "
+            f"enqueued-token budget of {job.model} ({budget:,})"
+        )
+    return None
 
 
 def _advance(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
@@ -156,6 +182,7 @@ def _record_created(rt: Runtime, job: JobRow, remote: RemoteJob, *, adopted: boo
         remote_name=remote.name,
         remote_state=remote.state.value,
         error=None,
+        submitted_at=now(),
     )
     verb = "adopted" if adopted else "created"
     rt.state.event(

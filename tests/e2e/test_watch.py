@@ -288,3 +288,24 @@ def test_failed_lines_are_retried_as_soon_as_their_job_is_ingested(
     assert first_requests == 12 and first_failed >= 1
     assert (second_requests, second_failed) == (first_failed, 0)  # only the failed went again
     assert daemon.stop() == 0
+
+
+def test_the_daemon_answers_identical_requests_of_two_manifests_once(
+    gbatch: Gbatch, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    gbatch.write("a.yaml", manifest(["Oslo", "Lima"], name="a"))
+    gbatch.write("b.yaml", manifest(["Oslo", "Lima"], name="b"))
+    daemon = Daemon(gbatch, "manifests", "--resync", "1h")
+    daemons.append(daemon)
+    until(
+        lambda: (
+            rows(gbatch, "select count(*) from a") == [(2,)]
+            and rows(gbatch, "select count(*) from b") == [(2,)]
+        ),
+        "both tables",
+    )
+    assert emulator.count("batches.create") == 1
+    # a is applied first (files in name order) and pays; b copies its answers
+    assert rows(gbatch, "select sum(cost_usd) > 0 from a") == [(True,)]
+    assert rows(gbatch, "select sum(cost_usd) from b") == [(0.0,)]
+    assert daemon.stop() == 0

@@ -102,3 +102,24 @@ def test_a_429_on_create_waits_and_then_creates_once(rt: Runtime, tmp_path: Path
     run_to_end(rt, loaded)
     assert fake.count("create") == 4 and len(fake.jobs) == 1
     assert fake.count("upload") == 1
+
+
+def test_the_enqueued_token_budget_holds_jobs_in_a_visible_queue(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    loaded = manifests(tmp_path, rows=6, per_job=2)
+    for item in loaded.values():
+        reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
+    jobs = rt.state.jobs()
+    assert len(jobs) == 3 and all(j.input_tokens_est > 0 for j in jobs)
+    rt.settings.enqueued_tokens = {"gemini-2.5-flash": jobs[0].input_tokens_est + 1}
+    report = submit.submit_pending(rt)
+    assert (report.created, report.waiting) == (1, 2)
+    queued = [j for j in rt.state.jobs() if j.phase == "planned"]
+    assert len(queued) == 2
+    assert all("enqueued-token budget of gemini-2.5-flash" in (j.error or "") for j in queued)
+    run_to_end(rt, loaded)  # each finished job frees the budget for the next
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    assert fake.count("create") == 3
+    assert {j.phase for j in rt.state.jobs()} == {"ingested"}
