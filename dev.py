@@ -50,8 +50,8 @@ def run(command: list[str], **kwargs: object) -> None:
 
 def test(extra: list[str]) -> None:
     ensure_venv()
-    run([str(BIN / "ruff"), "check", "runner", "tests", "dev.py"])
-    run([str(BIN / "ruff"), "format", "--check", "runner", "tests", "dev.py"])
+    run([str(BIN / "ruff"), "check", "runner", "tests", "bench", "dev.py"])
+    run([str(BIN / "ruff"), "format", "--check", "runner", "tests", "bench", "dev.py"])
     run([str(BIN / "mypy"), "runner"])
     run([str(BIN / "lint-imports")])
     run([str(BIN / "pytest"), "-q", *extra])

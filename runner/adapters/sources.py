@@ -3,7 +3,7 @@
 The template compiles to one SQL string expression and the constant parts of the request
 (``runner.core.requests.RequestShape``) are glued around the escaped text, so a million rows
 never pass through a Python loop. The result is a Parquet file of key, request_hash, request,
-request_bytes, row_number and the source row's own columns. Called by validate, reconcile
+request_bytes and the source row's own columns, in source order. Called by validate, reconcile
 (build_requests) and submit (write_jsonl).
 """
 
@@ -93,12 +93,14 @@ def _relation(
                 "(csv, jsonl or parquet)",
                 field="source.format",
             )
+        # union_by_name lines up the columns of several files, but slows a single one
+        union = ", union_by_name = true" if len(files) > 1 else ""
         reader = {
-            "csv": "read_csv({}, header = true, union_by_name = true)",
-            "jsonl": "read_json({}, format = 'newline_delimited', union_by_name = true)",
-            "parquet": "read_parquet({}, union_by_name = true)",
+            "csv": "read_csv({}, header = true{})",
+            "jsonl": "read_json({}, format = 'newline_delimited'{})",
+            "parquet": "read_parquet({}{})",
         }[kind]
-        return reader.format(path_list(files))
+        return reader.format(path_list(files), union)
     if source.rows is not None:
         if not source.rows:
             raise ManifestError("rows is empty", field="source.rows")
@@ -116,27 +118,29 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def _columns(con: Connection, table: str) -> list[tuple[str, str]]:
-    return [(str(r[0]), str(r[1])) for r in con.execute(f"describe {table}").fetchall()]
-
-
 def _load(
     con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, scratch: Path
-) -> list[tuple[str, str]]:
-    """Materialise the source as table ``src`` with a 1-based row_number; its columns."""
+) -> tuple[str, list[tuple[str, str]]]:
+    """The source's rows as SQL (read when the set is written) and their columns.
+
+    Binding a CSV reader sniffs the file (~60 ms), so it is bound twice only: here and in
+    the one statement that writes the set.
+    """
     relation = _relation(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
     try:
-        con.execute(f"create temp table src as select * from {relation}")
+        described = con.execute(f"describe select * from {relation}").fetchall()
     except Error as exc:
-        field = "source.path" if manifest.spec.source.path else "source.rows"
-        raise ManifestError(f"cannot read the source: {_first_line(exc)}", field=field) from None
-    columns = _columns(con, "src")
-    con.execute("create temp table src_n as select row_number() over () as __row, * from src")
-    return columns
+        raise _unreadable(manifest, exc) from None
+    return relation, [(str(r[0]), str(r[1])) for r in described]
+
+
+def _unreadable(manifest: Manifest, exc: Exception) -> ManifestError:
+    field = "source.path" if manifest.spec.source.path else "source.rows"
+    return ManifestError(f"cannot read the source: {_first_line(exc)}", field=field)
 
 
 def _render_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
-    """The template as one SQL expression over table ``src_n``; unknown columns are errors."""
+    """The template as one SQL expression over the source's columns; unknown ones are errors."""
     assert manifest.spec.prompt is not None
     names = {name.lower(): name for name, _ in columns}
     pieces = []
@@ -183,21 +187,25 @@ def _renamed(columns: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]
     return (", " + ", ".join(selected)) if selected else "", stored
 
 
-def _check_keys(con: Connection) -> None:
-    missing = con.execute("select min(row_number) from rendered where key is null").fetchone()
-    if missing and missing[0] is not None:
-        raise ManifestError(
-            f"row {missing[0]} has no key (the key column is empty)", field="source.key"
-        )
+def _check_keys(con: Connection, written: str) -> None:
+    """Every row has a key and no key repeats; row numbers are found only when one fails."""
+    bad = con.execute(
+        f"select count(*) filter (key is null), count(*) - count(distinct key) from {written}"
+    ).fetchone()
+    if not bad or (bad[0] == 0 and bad[1] == 0):
+        return
+    numbered = f"(select row_number() over () as row_number, key from {written})"
+    if bad[0]:
+        (first,) = con.execute(
+            f"select min(row_number) from {numbered} where key is null"
+        ).fetchone() or (0,)
+        raise ManifestError(f"row {first} has no key (the key column is empty)", field="source.key")
     dupes = con.execute(
-        "select key, list(row_number order by row_number) from rendered group by key "
+        f"select key, list(row_number order by row_number) from {numbered} group by key "
         "having count(*) > 1 order by min(row_number) limit 3"
     ).fetchall()
-    if dupes:
-        detail = "; ".join(
-            f"{key!r} at rows {', '.join(map(str, rows[:5]))}" for key, rows in dupes
-        )
-        raise ManifestError(f"duplicate keys: {detail}", field="source.key")
+    detail = "; ".join(f"{key!r} at rows {', '.join(map(str, rows[:5]))}" for key, rows in dupes)
+    raise ManifestError(f"duplicate keys: {detail}", field="source.key")
 
 
 def build_requests(
@@ -210,7 +218,7 @@ def build_requests(
         con = memory(temp_dir=scratch / "spill")
         try:
             if manifest.spec.source.requests is not None:
-                columns = _passthrough(
+                select, columns = _passthrough(
                     con,
                     manifest,
                     base_dir=base_dir,
@@ -218,7 +226,7 @@ def build_requests(
                     salt=hash_salt(manifest, cache_digest),
                 )
             else:
-                columns = _templated(
+                select, columns = _templated(
                     con,
                     manifest,
                     base_dir=base_dir,
@@ -226,16 +234,18 @@ def build_requests(
                     scratch=scratch,
                     cache_digest=cache_digest,
                 )
-            _check_keys(con)
+            # Rendered, hashed and written in one streaming pass; checked on the file after.
             partial = out.with_name(out.name + ".part")
-            con.execute(
-                f"copy (select * from rendered order by key) to "
-                f"{literal(str(partial))} (format parquet)"
-            )
-            os.replace(partial, out)
+            try:
+                con.execute(f"copy ({select}) to {literal(str(partial))} (format parquet)")
+            except Error as exc:
+                raise _unreadable(manifest, exc) from None
+            written = f"read_parquet({literal(str(partial))})"
+            _check_keys(con, written)
             count, size = con.execute(
-                "select count(*), coalesce(sum(request_bytes), 0) from rendered"
+                f"select count(*), coalesce(sum(request_bytes), 0) from {written}"
             ).fetchone() or (0, 0)
+            os.replace(partial, out)
         finally:
             con.close()
     return RequestSet(path=out, count=int(count), total_bytes=int(size), columns=columns)
@@ -249,32 +259,31 @@ def _templated(
     root: Path,
     scratch: Path,
     cache_digest: str,
-) -> list[tuple[str, str]]:
-    columns = _load(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
+) -> tuple[str, list[tuple[str, str]]]:
+    """The SELECT that renders every source row into a request; the stored source columns."""
+    relation, columns = _load(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
     shape = request_shape(manifest, cache_digest=cache_digest)
     text = _render_sql(manifest, columns)
     key = _key_sql(manifest, columns)
     extra, stored = _renamed(columns)
-    con.execute(
-        f"""
-        create temp table rendered as
+    select = f"""
         select key, sha256({literal(shape.salt)} || request) as request_hash, request,
-               strlen(request) as request_bytes, row_number{extra}
+               strlen(request) as request_bytes{extra}
         from (
             select {key} as key,
                    {literal(shape.prefix)} || to_json({text})::varchar || {literal(shape.suffix)}
                        as request,
-                   __row as row_number, *
-            from src_n
+                   *
+            from {relation}
         )
         """
-    )
-    return stored
+    return select, stored
 
 
 def _passthrough(
     con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, salt: str
-) -> list[tuple[str, str]]:
+) -> tuple[str, list[tuple[str, str]]]:
+    """The SELECT over a ready-made requests JSONL (checked line by line first)."""
     (path,) = _files(manifest, field="requests", base_dir=base_dir, root=root)
     try:
         con.execute(
@@ -297,26 +306,31 @@ def _passthrough(
         raise ManifestError(
             f"line {bad[0]} of {path.name} has no request object", field="source.requests"
         )
-    con.execute(
-        f"""
-        create temp table rendered as
+    select = f"""
         select key, sha256({literal(salt)} || request::varchar) as request_hash,
-               request::varchar as request, strlen(request::varchar) as request_bytes, row_number
-        from lines
+               request::varchar as request, strlen(request::varchar) as request_bytes
+        from lines order by row_number
         """
-    )
-    return []
+    return select, []
 
 
 def write_jsonl(requests: Path, out: Path) -> tuple[int, int]:
-    """The set's rows as ``{"key", "request"}`` JSONL (request embedded as an object)."""
+    """The set's rows as ``{"key", "request"}`` JSONL lines, in the set's order.
+
+    The request is already JSON text, so each line is glued as text (no re-parsing) and
+    written with the CSV writer in a mode that adds nothing: one column, no quoting.
+    """
     con = shared_memory()
     try:
         partial = out.with_name(out.name + ".part")
         con.execute(
-            f"copy (select key, json(request) as request from read_parquet("
-            f"{literal(str(requests))}) order by row_number) to {literal(str(partial))} "
-            "(format json)"
+            f"""
+            copy (
+                select '{{"key":' || to_json(key::varchar) || ',"request":' || request || '}}'
+                from read_parquet({literal(str(requests))})
+            ) to {literal(str(partial))}
+            (format csv, header false, quote '', escape '', delimiter '\x1f')
+            """
         )
         os.replace(partial, out)
         row = con.execute(f"select count(*) from read_parquet({literal(str(requests))})").fetchone()
