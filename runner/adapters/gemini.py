@@ -17,6 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -153,6 +154,55 @@ class GeminiBackend:
 
         return self._read(count, what="countTokens")
 
+    # -- context caches ----------------------------------------------------------------------
+    def create_cache(
+        self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
+    ) -> tuple[str, str]:
+        """Create a cachedContents resource; its name and expire time (RFC 3339).
+
+        Not retried (a lost reply may have created it): the engine looks for it by name.
+        """
+        config = types.CreateCachedContentConfig.model_validate(
+            {**body, "ttl": f"{int(ttl_s)}s", "displayName": display_name}
+        )
+        try:
+            cache = self._client.caches.create(model=model, config=config)
+        except Exception as exc:
+            raise self._translated(exc, f"create cache {display_name}") from exc
+        if not cache.name:
+            raise UnclearCreateError(f"create cache {display_name}: reply had no name")
+        return cache.name, _rfc3339(cache.expire_time)
+
+    def find_cache(self, display_name: str) -> tuple[str, str] | None:
+        """A live cache with this display name: (name, expire time), or None."""
+
+        def find() -> tuple[str, str] | None:
+            for cache in self._client.caches.list(config={"page_size": 100}):
+                if cache.display_name == display_name and cache.name:
+                    return cache.name, _rfc3339(cache.expire_time)
+            return None
+
+        return self._read(find, what="list caches")
+
+    def extend_cache(self, name: str, *, ttl_s: float) -> str:
+        """Set a cache's TTL from now; its new expire time."""
+
+        def extend() -> str:
+            config = types.UpdateCachedContentConfig(ttl=f"{int(ttl_s)}s")
+            return _rfc3339(self._client.caches.update(name=name, config=config).expire_time)
+
+        return self._read(extend, what=f"extend {name}")
+
+    def delete_cache(self, name: str) -> None:
+        def delete() -> None:
+            try:
+                self._client.caches.delete(name=name)
+            except genai_errors.APIError as exc:
+                if exc.code != 404:  # already gone is what we wanted
+                    raise
+
+        self._read(delete, what=f"delete {name}")
+
     # -- plumbing ----------------------------------------------------------------------------
     def _raw_get(self, path: str) -> dict[str, Any]:
         def get() -> dict[str, Any]:
@@ -200,6 +250,10 @@ def _translate(exc: Exception, what: str) -> BackendError:
     if isinstance(exc, httpx2.TransportError | OSError):
         return TransientBackendError(f"{what}: {type(exc).__name__}: {exc}", delay=2.0)
     raise exc
+
+
+def _rfc3339(moment: datetime | None) -> str:
+    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _retry_delay(exc: genai_errors.APIError) -> float | None:

@@ -28,7 +28,7 @@ from runner.adapters.duck import (
 from runner.core import template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathEscapeError, confine, confine_glob
-from runner.core.requests import hash_salt, request_shape
+from runner.core.requests import CACHE_PLACEHOLDER, hash_salt, request_shape
 from runner.errors import ManifestError
 
 FORMATS = {
@@ -77,6 +77,32 @@ def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path]
         return []
     field = "path" if source.path is not None else "requests"
     return _files(manifest, field=field, base_dir=base_dir, root=root)
+
+
+def cache_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[tuple[str, str]]:
+    """The text of each file named in the ``cache`` block, as (relative name, text)."""
+    assert manifest.spec.cache is not None
+    found = []
+    for index, pattern in enumerate(manifest.spec.cache.files):
+        field = f"cache.files.{index}"
+        try:
+            if any(ch in pattern for ch in "*?["):
+                paths = confine_glob(pattern, base_dir=base_dir, root=root)
+            else:
+                paths = [confine(pattern, base_dir=base_dir, root=root)]
+        except (PathEscapeError, FileNotFoundError) as exc:
+            raise ManifestError(str(exc), field=field) from None
+        for path in paths:
+            if not path.is_file():
+                raise ManifestError(f"no such file: {pattern} (looked at {path})", field=field)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ManifestError(
+                    f"{path.name} is not UTF-8 text; only text files can be cached", field=field
+                ) from None
+            found.append((str(path.relative_to(root)), text))
+    return found
 
 
 def _relation(
@@ -314,19 +340,24 @@ def _passthrough(
     return select, []
 
 
-def write_jsonl(requests: Path, out: Path) -> tuple[int, int]:
+def write_jsonl(requests: Path, out: Path, *, cache_name: str | None = None) -> tuple[int, int]:
     """The set's rows as ``{"key", "request"}`` JSONL lines, in the set's order.
 
     The request is already JSON text, so each line is glued as text (no re-parsing) and
     written with the CSV writer in a mode that adds nothing: one column, no quoting.
+    ``cache_name`` replaces the cache placeholder the set was built with.
     """
+    request = "request"
+    if cache_name is not None:
+        placeholder = json.dumps(CACHE_PLACEHOLDER)
+        request = f"replace(request, {literal(placeholder)}, {literal(json.dumps(cache_name))})"
     con = shared_memory()
     try:
         partial = out.with_name(out.name + ".part")
         con.execute(
             f"""
             copy (
-                select '{{"key":' || to_json(key::varchar) || ',"request":' || request || '}}'
+                select '{{"key":' || to_json(key::varchar) || ',"request":' || {request} || '}}'
                 from read_parquet({literal(str(requests))})
             ) to {literal(str(partial))}
             (format csv, header false, quote '', escape '', delimiter '\x1f')

@@ -83,6 +83,19 @@ MIGRATIONS = (
     alter table jobs add column submitted_at text;
     alter table jobs add column input_tokens_est integer not null default 0;
     """,
+    """
+    create table caches (
+        name text primary key,
+        manifest text not null,
+        digest text not null,
+        model text not null,
+        expire_time text not null,
+        created_at text not null,
+        deleted_at text
+    );
+    create index caches_by_digest on caches (manifest, digest);
+    alter table jobs add column cache_digest text;
+    """,
 )
 
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
@@ -125,6 +138,7 @@ class JobRow:
     kind: str
     submitted_at: str | None
     input_tokens_est: int
+    cache_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,18 @@ class ManifestRow:
     policy: str
 
 
+@dataclass(frozen=True)
+class CacheRow:
+    name: str
+    manifest: str
+    digest: str
+    model: str
+    expire_time: str
+    created_at: str
+    deleted_at: str | None
+
+
+_CACHE_COLUMNS = ", ".join(f.name for f in fields(CacheRow))
 _JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
 _MANIFEST_COLUMNS = ", ".join(f.name for f in fields(ManifestRow))
 
@@ -261,6 +287,33 @@ class StateStore:
         rows = self._db.execute(f"select {_JOB_COLUMNS} from jobs {clause} order by id", args)
         return [JobRow(*row) for row in rows]
 
+    # -- context caches ----------------------------------------------------------------------
+    def add_cache(self, *, name: str, manifest: str, digest: str, model: str, expire: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                f"insert or replace into caches ({_CACHE_COLUMNS}) values (?, ?, ?, ?, ?, ?, null)",
+                (name, manifest, digest, model, expire, now()),
+            )
+
+    def update_cache(self, name: str, **values: Any) -> None:
+        assignments = ", ".join(f"{c} = ?" for c in values)
+        with self.transaction() as db:
+            db.execute(f"update caches set {assignments} where name = ?", (*values.values(), name))
+
+    def caches(self, *, manifest: str | None = None, digest: str | None = None) -> list[CacheRow]:
+        """Caches not deleted, newest first."""
+        where, args = ["deleted_at is null"], []
+        for column, value in (("manifest", manifest), ("digest", digest)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._db.execute(
+            f"select {_CACHE_COLUMNS} from caches where {' and '.join(where)} "
+            "order by created_at desc",
+            args,
+        )
+        return [CacheRow(*row) for row in rows]
+
     # -- events ------------------------------------------------------------------------------
     def event(
         self, kind: str, message: str, *, manifest: str | None = None, job: int | None = None
@@ -287,7 +340,7 @@ class StateStore:
     def tables(self) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
         """The bookkeeping tables as (columns, rows), for ``gbatch query``."""
         result = {}
-        for table in ("manifests", "jobs", "events"):
+        for table in ("manifests", "jobs", "events", "caches"):
             cursor = self._db.execute(f"select * from {table}")
             result[f"gbatch_{table}"] = ([d[0] for d in cursor.description], cursor.fetchall())
         return result

@@ -78,6 +78,12 @@ def plan(plans: Sequence[ManifestPlan]) -> str:
                 f"{e.output_tokens:,} output tokens (at most), cost {money(e.cost_usd)} "
                 f"at batch price; spent so far {money(p.spent_usd)}"
             )
+        if p.jobs and e.cached_tokens:
+            lines.append(
+                f"  cache: {e.cached_tokens:,} of those input tokens are read from the context "
+                f"cache at the cached rate: {money(e.cost_usd)} instead of "
+                f"{money(e.cost_without_cache_usd)} without it"
+            )
         for note in p.notes:
             lines.append(f"  note: {note}")
         if p.blocked:

@@ -265,11 +265,13 @@ def _validate(
             except PathEscapeError as exc:
                 error(str(exc), [*spec_parts, "source", field_name])
     if manifest.spec.cache is not None:
-        error(
-            "context caching is not supported yet: remove the cache block (requests would "
-            "name a cache that does not exist)",
-            [*spec_parts, "cache"],
-        )
+        if manifest.spec.prompt is None:
+            error(
+                "a cache needs a prompt template (ready-made requests carry their own context)",
+                [*spec_parts, "cache"],
+            )
+        if not manifest.spec.cache.files and not manifest.spec.cache.text:
+            error("the cache holds nothing: give it files or text", [*spec_parts, "cache"])
         for index, name in enumerate(manifest.spec.cache.files):
             try:
                 confine(name, base_dir=path.parent, root=root)

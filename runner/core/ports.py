@@ -46,3 +46,19 @@ class Backend(Protocol):
         ...
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...
+
+    def create_cache(
+        self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
+    ) -> tuple[str, str]:
+        """Create a context cache; (name, expire time). Not retried: UnclearCreateError."""
+        ...
+
+    def find_cache(self, display_name: str) -> tuple[str, str] | None:
+        """A live cache by display name: (name, expire time)."""
+        ...
+
+    def extend_cache(self, name: str, *, ttl_s: float) -> str:
+        """Set the TTL from now; the new expire time."""
+        ...
+
+    def delete_cache(self, name: str) -> None: ...

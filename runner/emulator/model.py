@@ -28,11 +28,12 @@ class LineError(Exception):
 
 @dataclass(frozen=True)
 class CacheView:
-    """What a request's cachedContent brings: its text and token count."""
+    """What a request's cachedContent brings: its text, token count and tools."""
 
     name: str
     text: str
     tokens: int
+    tools: tuple[Any, ...] = ()
 
 
 def count_tokens(text: str) -> int:
@@ -129,7 +130,7 @@ def answer(request: Any, *, model: str, cache: CacheView | None) -> dict[str, An
         text = json.dumps(value_for(schema, prompt), ensure_ascii=False)
     else:
         text = f"echo: {prompt}"
-    tools = _get(request, "tools") or []
+    tools = [*(_get(request, "tools") or []), *(cache.tools if cache else ())]
     search = any(isinstance(t, dict) and (_get(t, "googleSearch") is not None) for t in tools)
     thinking = _get(config, "thinkingConfig") or {}
     budget = _get(thinking, "thinkingBudget") if isinstance(thinking, dict) else None

@@ -303,7 +303,8 @@ class Service:
         if cache is None or self.now() >= cache.expires:
             raise LineError(404, "NOT_FOUND", f"CachedContent {name} not found (or expired)")
         text = contents_text(cache.body.get("contents", []))
-        return CacheView(name=str(name), text=text, tokens=cache.tokens)
+        tools = tuple(cache.body.get("tools") or ())
+        return CacheView(name=str(name), text=text, tokens=cache.tokens, tools=tools)
 
     def _line(self, batch: Batch, key: str, request: Any) -> dict[str, Any]:
         fraction = batch.fault.fail_lines_fraction if batch.fault else 0.0
@@ -440,6 +441,15 @@ class Service:
         text = contents_text(body.get("contents", [])) + contents_text(
             [body.get("systemInstruction") or body.get("system_instruction") or {}]
         )
+        tokens = count_tokens(text)
+        minimum = 4096 if "-pro" in str(model) else 1024
+        if tokens < minimum:
+            raise ApiError(
+                400,
+                "INVALID_ARGUMENT",
+                f"Cached content is too small. total_token_count={tokens}, "
+                f"min_total_token_count={minimum}",
+            )
         cache = Cache(
             id=_id(),
             model=str(model),
@@ -447,7 +457,7 @@ class Service:
             body=body,
             created=self.now(),
             expires=self.now() + ttl_s,
-            tokens=count_tokens(text),
+            tokens=tokens,
         )
         with self.lock:
             self.caches[cache.id] = cache

@@ -18,6 +18,7 @@ from runner.adapters.state import JobRow
 from runner.core.durations import parse_duration
 from runner.core.jobs import JobState, RemoteJob
 from runner.core.loader import LoadedManifest
+from runner.engine import caching
 from runner.engine.reconcile import result_path, version_of
 from runner.engine.runtime import Runtime, log
 from runner.errors import BackendError, StoreBusyError
@@ -209,6 +210,7 @@ def follow_once(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRepo
         log.warning("poll: %s", exc)
         rt.state.event("poll_error", str(exc))
     report = ingest_ready(rt, manifests)
+    caching.maintain(rt)
     live = rt.state.jobs(live=True)
     report.live = len(live)
     return report

@@ -15,6 +15,7 @@ from pathlib import Path
 from runner.adapters import ledger, results, sources
 from runner.adapters.state import JobRow
 from runner.core.loader import LoadedManifest
+from runner.engine import caching
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import locate
 from runner.errors import BackendError, ManifestError, StoreBusyError
@@ -30,6 +31,8 @@ class Estimate:
     cost_usd: float | None
     basis: str  # how input tokens were counted: "countTokens sample of N" or "estimate"
     tokens_per_char: float = 0.25
+    cached_tokens: int = 0  # of input_tokens, read from the context cache
+    cost_without_cache_usd: float | None = None  # what the same requests cost uncached
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class ManifestPlan:
     desired: Path
     set_digest: str
     to_reuse: Path
+    cache_digest: str | None = None
     blocked: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -63,7 +67,18 @@ def plan_manifest(
     sets.mkdir(parents=True, exist_ok=True)
     building = sets / "building.parquet"
     try:
-        sources.build_requests(manifest, base_dir=loaded.base_dir, root=loaded.root, out=building)
+        cache = (
+            caching.prepare(rt, loaded, count_tokens=count_tokens)
+            if manifest.spec.cache is not None
+            else None
+        )
+        sources.build_requests(
+            manifest,
+            base_dir=loaded.base_dir,
+            root=loaded.root,
+            out=building,
+            cache_digest=cache.digest if cache else "",
+        )
     except ManifestError as exc:
         raise locate(loaded, exc) from exc
     set_digest = ledger.set_digest(building)
@@ -101,11 +116,12 @@ def plan_manifest(
         if diff.submit_requests
         else []
     )
-    estimate = _estimate(rt, loaded, diff, desired, to_submit, count_tokens=count_tokens)
+    estimate = _estimate(rt, loaded, diff, desired, to_submit, cache, count_tokens=count_tokens)
     spent = sum(job.cost_usd or 0.0 for job in rt.state.jobs(manifest=name))
-    blocked = None
+    blocked = cache.too_small if cache is not None else None
     cap = manifest.spec.policy.max_cost_usd
-    if cap is not None and estimate.cost_usd is not None and spent + estimate.cost_usd > cap:
+    over = cap is not None and estimate.cost_usd is not None and spent + estimate.cost_usd > cap
+    if over and not blocked:
         blocked = (
             f"estimated cost ${estimate.cost_usd:.4f} plus ${spent:.4f} already spent exceeds "
             f"policy.max_cost_usd ${cap:.2f}; nothing submitted"
@@ -125,6 +141,7 @@ def plan_manifest(
         desired=desired,
         set_digest=set_digest,
         to_reuse=to_reuse,
+        cache_digest=cache.digest if cache else None,
         blocked=blocked,
         notes=notes,
     )
@@ -136,10 +153,14 @@ def _estimate(
     diff: ledger.RowDiff,
     desired: Path,
     to_submit: Path,
+    cache: caching.PreparedCache | None,
     *,
     count_tokens: bool,
 ) -> Estimate:
-    """Input tokens from countTokens on a sample (scaled by characters), else chars / 4."""
+    """Input tokens from countTokens on a sample (scaled by characters), else chars / 4.
+
+    With a cache, each request also reads the cache's tokens at the cached rate.
+    """
     spec = loaded.manifest.spec
     tokens_per_char = 0.25
     basis = "estimate (characters / 4)"
@@ -161,14 +182,21 @@ def _estimate(
     input_tokens = int(diff.submit_chars * tokens_per_char)
     per_request = spec.generation.max_output_tokens or ASSUMED_OUTPUT_TOKENS
     output_tokens = per_request * diff.submit_requests
+    cached = cache.tokens * diff.submit_requests if cache is not None else 0
     price = rt.prices.for_model(spec.model)
-    cost = price.cost(prompt=input_tokens, output=output_tokens) if price else None
+    cost = uncached_cost = None
+    if price is not None:
+        prompt = input_tokens + cached
+        cost = price.cost(prompt=prompt, cached=cached, output=output_tokens)
+        uncached_cost = price.cost(prompt=prompt, output=output_tokens)
     return Estimate(
-        input_tokens=input_tokens,
+        input_tokens=input_tokens + cached,
         output_tokens=output_tokens,
         cost_usd=cost,
         basis=basis,
         tokens_per_char=tokens_per_char,
+        cached_tokens=cached,
+        cost_without_cache_usd=uncached_cost if cache is not None else None,
     )
 
 
@@ -231,6 +259,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
                 "requests": chunk.requests,
                 "bytes": chunk.bytes,
                 "input_tokens_est": int(chunk.bytes * plan.estimate.tokens_per_char),
+                "cache_digest": plan.cache_digest,
             }
         )
     if intents:

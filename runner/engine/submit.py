@@ -17,6 +17,7 @@ from pathlib import Path
 from runner.adapters import sources
 from runner.adapters.state import JobRow, now
 from runner.core.jobs import RemoteJob
+from runner.engine import caching
 from runner.engine.runtime import Runtime, log
 from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
 
@@ -135,7 +136,8 @@ def _advance(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
 def _upload(rt: Runtime, job: JobRow) -> JobRow:
     path = _input_path(rt, job)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sources.write_jsonl(Path(job.request_file), path)
+    cache_name = caching.name_for(rt, job.manifest, job.cache_digest) if job.cache_digest else None
+    sources.write_jsonl(Path(job.request_file), path, cache_name=cache_name)
     if job.bytes <= rt.settings.inline_max_bytes:
         rt.state.update_job(job.id, phase="uploaded", inline=1)
     else:

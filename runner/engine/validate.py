@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runner.adapters import sources
 from runner.core.loader import LoadedManifest, load_paths
+from runner.engine import caching
 from runner.errors import ManifestError
 
 
@@ -27,6 +28,11 @@ def check_data(loaded: LoadedManifest) -> ManifestError | None:
     """Build the request set in a scratch directory; the first data problem, located."""
     with tempfile.TemporaryDirectory(prefix="gbatch-validate-") as scratch:
         try:
+            if loaded.manifest.spec.cache is not None:
+                cache = caching.prepare(None, loaded, count_tokens=False)
+                if cache.too_small and cache.tokens * 2 < cache.minimum:
+                    # only an estimate here: refuse what is clearly small; plan counts for real
+                    raise ManifestError(cache.too_small, field="cache")
             sources.build_requests(
                 loaded.manifest,
                 base_dir=loaded.base_dir,

@@ -156,10 +156,15 @@ def test_caches_crud_expiry_and_a_line_that_names_an_expired_cache(
     emu: Emulator, tmp_path: Path
 ) -> None:
     c = client(emu)
+    with pytest.raises(errors.ClientError, match="Cached content is too small"):
+        c.caches.create(
+            model="gemini-2.5-flash",
+            config={"contents": [{"role": "user", "parts": [{"text": "tiny"}]}], "ttl": "60s"},
+        )
     cache = c.caches.create(
         model="gemini-2.5-flash",
         config={
-            "contents": [{"role": "user", "parts": [{"text": "context " * 500}]}],
+            "contents": [{"role": "user", "parts": [{"text": "context " * 600}]}],
             "ttl": "60s",
             "display_name": "ctx",
         },

@@ -178,6 +178,6 @@ def test_digest_is_invariant_under_key_order(lines: list[str]) -> None:
     assert item.digest == reference.digest
 
 
-def test_a_cache_block_is_refused_until_caching_exists(tmp_path: Path) -> None:
-    (error,) = errors_of(FULL + "  cache: {text: shared context}\n", tmp_path)
-    assert ":11:10: spec.cache: context caching is not supported yet" in error
+def test_an_empty_cache_block_is_refused(tmp_path: Path) -> None:
+    (error,) = errors_of(FULL + "  cache: {ttl: 2h}\n", tmp_path)
+    assert ":11:10: spec.cache: the cache holds nothing: give it files or text" in error
