@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner import crashpoints
 from runner.adapters.duck import (
     Connection,
     Error,
@@ -244,6 +245,7 @@ def ingest(
         con.execute(f"delete from {ident(table)} where key in (select key from fresh)")
         con.execute(f"insert into {ident(table)} by name select * from fresh")
         _write_sources(con, sources, job)
+        crashpoints.reached("ingest_mid_transaction")
         con.execute("commit")
         row = con.execute(
             "select count(*), count(*) filter (status = 'succeeded'), "

@@ -25,7 +25,7 @@ from runner.adapters.duck import (
     path_list,
     shared_memory,
 )
-from runner.core import template
+from runner.core import schema_types, template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathEscapeError, confine, confine_glob
 from runner.core.requests import CACHE_PLACEHOLDER, hash_salt, request_shape
@@ -203,11 +203,15 @@ def _all_columns(columns: list[tuple[str, str]]) -> str:
     return ", ".join(f"{ident(name)} := {ident(name)}" for name, _ in columns)
 
 
-def _renamed(columns: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
-    """Source columns for the set, renamed ``source_<name>`` where they clash with ours."""
+def _renamed(
+    columns: list[tuple[str, str]], answer_columns: set[str]
+) -> tuple[str, list[tuple[str, str]]]:
+    """Source columns for the set, renamed ``source_<name>`` where they clash with ours or
+    with the answer's (output_schema) columns."""
     selected, stored = [], []
     for name, kind in columns:
-        target = f"source_{name}" if name.lower() in RESERVED_COLUMNS else name
+        clash = name.lower() in RESERVED_COLUMNS or name.lower() in answer_columns
+        target = f"source_{name}" if clash else name
         selected.append(f"{ident(name)} as {ident(target)}")
         stored.append((target, kind))
     return (", " + ", ".join(selected)) if selected else "", stored
@@ -291,7 +295,9 @@ def _templated(
     shape = request_shape(manifest, cache_digest=cache_digest)
     text = _render_sql(manifest, columns)
     key = _key_sql(manifest, columns)
-    extra, stored = _renamed(columns)
+    schema = manifest.spec.output_schema
+    answers = {n.lower() for n, _ in schema_types.columns(schema)} if schema else set()
+    extra, stored = _renamed(columns, answers)
     select = f"""
         select key, sha256({literal(shape.salt)} || request) as request_hash, request,
                strlen(request) as request_bytes{extra}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runner import crashpoints
 from runner.adapters import ledger, results
 from runner.adapters.state import JobRow
 from runner.core.durations import parse_duration
@@ -111,6 +112,7 @@ def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
             status=f"JOB_{remote.state.value.upper()}",
             out=dest,
         )
+    crashpoints.reached("downloaded")
     rt.state.update_job(job.id, phase="downloaded", error=error)
     rt.state.event(
         "finished", f"{remote.name} {remote.state.value}", manifest=job.manifest, job=job.id
@@ -164,6 +166,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
                 result_file=result_file,
                 out=rt.answers_dir() / f"{job.id}.parquet",
             )
+        crashpoints.reached("ingest_committed")
         outcome = ledger.record_outcome(
             job_requests=Path(job.request_file),
             result_file=result_file,

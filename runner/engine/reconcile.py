@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner import crashpoints
 from runner.adapters import ledger, results, sources
 from runner.adapters.state import JobRow
 from runner.core.loader import LoadedManifest
@@ -265,6 +266,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
     if intents:
         rt.state.add_jobs(intents)
         rt.state.event("planned", f"{len(intents)} job(s): {_counts(plan)}", manifest=plan.name)
+        crashpoints.reached("intent_recorded")
     if plan.diff.reused:
         _reuse(rt, plan, loaded.digest)
     for job in rt.state.jobs(manifest=plan.name, live=True):

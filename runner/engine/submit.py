@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from runner import crashpoints
 from runner.adapters import sources
 from runner.adapters.state import JobRow, now
 from runner.core.jobs import RemoteJob
@@ -111,6 +112,7 @@ def _advance(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
             report.adopted += 1
             return True
     rt.state.update_job(job.id, phase="submitting")
+    crashpoints.reached("create_sent")
     try:
         remote = rt.backend.create_job(
             model=job.model,
@@ -128,7 +130,9 @@ def _advance(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
     except (TransientBackendError, PermanentBackendError):
         rt.state.update_job(job.id, phase="uploaded")  # a clear refusal: nothing was created
         raise
+    crashpoints.reached("create_answered")
     _record_created(rt, job, remote, adopted=False)
+    crashpoints.reached("job_recorded")
     report.created += 1
     return True
 
@@ -142,6 +146,7 @@ def _upload(rt: Runtime, job: JobRow) -> JobRow:
         rt.state.update_job(job.id, phase="uploaded", inline=1)
     else:
         name = rt.backend.upload_jsonl(path, display_name=job.display_name)
+        crashpoints.reached("uploaded")
         rt.state.update_job(job.id, phase="uploaded", input_file=name)
         rt.state.event(
             "uploaded", f"{name} ({job.requests} requests)", manifest=job.manifest, job=job.id

@@ -198,3 +198,16 @@ def test_json_logs_are_one_object_per_line_without_the_key(gbatch: Gbatch) -> No
     assert any(entry["message"].startswith("seed: created batches/") for entry in logs)
     assert {"time", "level", "logger", "message"} <= set(logs[0])
     assert API_KEY not in result.err
+
+
+def test_a_source_column_named_like_an_answer_property_is_kept_as_source_name(
+    gbatch: Gbatch,
+) -> None:
+    gbatch.write("products.csv", PRODUCTS.replace("sku,name,category", "sku,title,category"))
+    gbatch.write("products.yaml", PRODUCT_MANIFEST.replace("{{ name }}", "{{ title }}"))
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    rows = gbatch.sql("select source_title, typeof(title) from product_copy order by sku")
+    assert rows == [("Trail shoe", "VARCHAR"), ("Wool sock", "VARCHAR"), ("Tent", "VARCHAR")]
+    columns = {r[0] for r in gbatch.sql("describe product_copy")}
+    assert "title_1" not in columns
