@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,22 +183,50 @@ def _columns(con: Connection, table: str) -> list[str]:
     return [str(r[0]) for r in con.execute(f"describe {table}").fetchall()]
 
 
-def _ensure_table(con: Connection, table: str, like: str) -> None:
-    """Create ``table`` shaped like ``like``; add any column it lacks (never drop)."""
-    exists = con.execute(
+def _types(con: Connection, relation: str) -> dict[str, str]:
+    rows = con.execute(f"select column_name, column_type from (describe {relation})").fetchall()
+    return {str(name): str(kind) for name, kind in rows}
+
+
+def _exists(con: Connection, table: str) -> bool:
+    found = con.execute(
         "select count(*) from information_schema.tables where table_name = ? "
         "and table_schema = 'main'",
         [table],
     ).fetchone()
-    if not exists or not exists[0]:
+    return bool(found and found[0])
+
+
+def _ensure_table(con: Connection, table: str, like: str) -> None:
+    """Create ``table`` shaped like ``like``; add columns it lacks, widen changed ones to text.
+
+    Never drops: a column whose type changed becomes VARCHAR, which holds both versions'
+    values (callers that want a fresh table call ``_retire_if_changed`` first).
+    """
+    if not _exists(con, table):
         con.execute(f"create table {ident(table)} as select * from {like} where false")
         return
-    have = set(_columns(con, ident(table)))
-    for name, kind in con.execute(
-        f"select column_name, column_type from (describe {like})"
-    ).fetchall():
+    have = _types(con, ident(table))
+    for name, kind in _types(con, like).items():
         if name not in have:
             con.execute(f"alter table {ident(table)} add column {ident(name)} {kind}")
+        elif have[name] != kind and have[name] != "VARCHAR":
+            con.execute(f"alter table {ident(table)} alter column {ident(name)} type VARCHAR")
+
+
+def _retire_if_changed(con: Connection, tables: list[str], like: str, stamp: str) -> list[str]:
+    """Rename ``tables`` to ``<name>_until_<stamp>`` when a column of ``like`` changed type."""
+    first = tables[0]
+    if not _exists(con, first):
+        return []
+    have = _types(con, ident(first))
+    changed = [name for name, kind in _types(con, like).items() if have.get(name, kind) != kind]
+    if not changed:
+        return []
+    for table in tables:
+        if _exists(con, table):
+            con.execute(f"alter table {ident(table)} rename to {ident(f'{table}_until_{stamp}')}")
+    return changed
 
 
 def ingest(
@@ -214,8 +243,13 @@ def ingest(
     manifest_version: str,
     commit: str | None,
     paid: bool = True,
+    on_schema_change: str = "add_columns",
 ) -> IngestSummary:
-    """One job's result lines into ``table`` (current rows) and its history, atomically."""
+    """One job's result lines into ``table`` (current rows) and its history, atomically.
+
+    ``on_schema_change``: ``add_columns`` widens a column whose type changed to text;
+    ``new_table`` renames the old tables to ``<name>_until_<time>`` and starts new ones.
+    """
     con = open_file(results_db, read_only=False)
     try:
         _parse(
@@ -232,6 +266,9 @@ def ingest(
         )
         history, sources = f"{table}_history", f"{table}_sources"
         con.execute("begin transaction")
+        if on_schema_change == "new_table":
+            stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+            _retire_if_changed(con, [history, table, sources], "parsed", stamp)
         _ensure_table(con, history, "parsed")
         _ensure_table(con, table, "parsed")
         con.execute(f"delete from {ident(history)} where job = ?", [job])

@@ -70,15 +70,21 @@ class _Builder:
     def build(self, node: yaml.Node, depth: int = 0) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _TooBig(f"more than {MAX_NODES} YAML nodes (alias bomb?)", node)
+            raise _Refused(f"more than {MAX_NODES} YAML nodes (alias bomb?)", node)
         if depth > MAX_DEPTH:
-            raise _TooBig(f"nested deeper than {MAX_DEPTH} levels", node)
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels", node)
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
+            first_line: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 key = self.build(key_node, depth + 1)
                 if not isinstance(key, str | int | float | bool) and key is not None:
-                    raise _TooBig("mapping keys must be plain scalars", key_node)
+                    raise _Refused("mapping keys must be plain scalars", key_node)
+                if key in result:  # YAML forbids it; a silent "last one wins" hides mistakes
+                    raise _Refused(
+                        f"duplicate key {key!r} (first at line {first_line[key]})", key_node
+                    )
+                first_line[key] = key_node.start_mark.line + 1
                 result[key] = self.build(value_node, depth + 1)
             return result
         if isinstance(node, yaml.SequenceNode):
@@ -86,7 +92,9 @@ class _Builder:
         return self._scalars.construct_object(node)
 
 
-class _TooBig(Exception):
+class _Refused(Exception):
+    """A document refused while building values (too big, too deep, duplicate keys)."""
+
     def __init__(self, message: str, node: yaml.Node) -> None:
         super().__init__(message)
         self.node = node
@@ -151,7 +159,7 @@ def load_text(text: str, *, path: Path, root: Path) -> list[LoadedManifest]:
             continue
         try:
             value = _Builder().build(node)
-        except _TooBig as exc:
+        except _Refused as exc:
             mark = exc.node.start_mark
             errors.append(
                 ManifestError(str(exc), location=Location(path, mark.line + 1, mark.column + 1))

@@ -106,6 +106,9 @@ class Tools(Strict):
 
 class Output(Strict):
     table: str | None = Field(None, pattern=TABLE_PATTERN)
+    # When an output_schema change gives an existing column another type: widen it to text
+    # (both versions' values stay in one table), or move the old tables aside and start anew.
+    on_schema_change: Literal["add_columns", "new_table"] = "add_columns"
 
 
 class Policy(Strict):

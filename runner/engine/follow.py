@@ -150,6 +150,9 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> FollowRep
                 output_schema=schema,
                 price=rt.prices.for_model(job.model),
                 paid=job.kind == "batch",
+                on_schema_change=loaded.manifest.spec.output.on_schema_change
+                if loaded
+                else "add_columns",
                 job=job.remote_name or job.display_name,
                 manifest=job.manifest,
                 manifest_version=version_of(loaded) if loaded else job.digest[:12],

@@ -211,3 +211,31 @@ def test_a_source_column_named_like_an_answer_property_is_kept_as_source_name(
     assert rows == [("Trail shoe", "VARCHAR"), ("Wool sock", "VARCHAR"), ("Tent", "VARCHAR")]
     columns = {r[0] for r in gbatch.sql("describe product_copy")}
     assert "title_1" not in columns
+
+
+@pytest.mark.parametrize("policy", ["add_columns", "new_table"])
+def test_a_schema_change_follows_the_declared_policy_and_keeps_every_answer(
+    gbatch: Gbatch, policy: str
+) -> None:
+    gbatch.write("products.csv", PRODUCTS)
+    output = f"output: {{table: product_copy, on_schema_change: {policy}}}"
+    manifest = PRODUCT_MANIFEST.replace("output: {table: product_copy}", output)
+    assert manifest != PRODUCT_MANIFEST
+    gbatch.write("products.yaml", manifest)
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    assert gbatch.sql("select typeof(rating) from product_copy limit 1") == [("BIGINT",)]
+    changed = manifest.replace("rating: {type: integer}", "rating: {type: string}")
+    assert changed != manifest
+    gbatch.write("products.yaml", changed)
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    current = gbatch.sql("select count(*), min(typeof(rating)) from product_copy")
+    assert current == [(3, "VARCHAR")]
+    tables = {r[0] for r in gbatch.sql("select table_name from information_schema.tables")}
+    if policy == "add_columns":  # one history with both versions, the old numbers as text
+        assert gbatch.sql("select count(*) from product_copy_history") == [(6,)]
+        assert not any("_until_" in t for t in tables)
+    else:  # the old tables moved aside whole, with their types
+        (old,) = [t for t in tables if t.startswith("product_copy_history_until_")]
+        assert gbatch.sql(f"select count(*), min(typeof(rating)) from {old}") == [(3, "BIGINT")]
+        assert gbatch.sql("select count(*) from product_copy_history") == [(3,)]

@@ -181,3 +181,8 @@ def test_digest_is_invariant_under_key_order(lines: list[str]) -> None:
 def test_an_empty_cache_block_is_refused(tmp_path: Path) -> None:
     (error,) = errors_of(FULL + "  cache: {ttl: 2h}\n", tmp_path)
     assert ":11:10: spec.cache: the cache holds nothing: give it files or text" in error
+
+
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    (error,) = errors_of(FULL + "  model: gemini-2.5-pro\n", tmp_path)
+    assert "duplicate key 'model' (first at line" in error
