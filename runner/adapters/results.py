@@ -87,7 +87,7 @@ def _parse(
         """
     )
     con.execute(
-        f"create temp table req as select * exclude (request) "
+        f"create temp view req as select * exclude (request) "
         f"from read_parquet({literal(str(requests))})"
     )
     source_cols = [
@@ -108,7 +108,7 @@ def _parse(
         )
     con.execute(
         f"""
-        create temp table base as
+        create temp view base as
         select l.key, l.error, l.response, r.key is not null as known, r.request_hash,
                from_json(json_extract(l.response, '$.usageMetadata'), '{USAGE}') as u,
                json_extract_string(l.response, '$.candidates[0].finishReason') finish_reason,
@@ -139,7 +139,7 @@ def _parse(
             )
             + "end"
         )
-    con.execute(f"create temp table shaped as select *{answer} from base")
+    con.execute(f"create temp view shaped as select *{answer} from base")
     con.execute(
         f"""
         create temp table parsed as
