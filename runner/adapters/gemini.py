@@ -77,6 +77,20 @@ class GeminiBackend:
 
         return self._read(upload, what=f"upload {path.name}")
 
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> tuple[str, str]:
+        """Upload a media file; its uri and expiration time (RFC 3339)."""
+
+        def upload() -> tuple[str, str]:
+            uploaded = self._client.files.upload(
+                file=str(path),
+                config=types.UploadFileConfig(mime_type=mime_type, display_name=display_name),
+            )
+            if not uploaded.uri:
+                raise PermanentBackendError("upload returned a file without a uri")
+            return uploaded.uri, _rfc3339(uploaded.expiration_time)
+
+        return self._read(upload, what=f"upload {path.name}")
+
     # -- batches -----------------------------------------------------------------------------
     def create_job(
         self, *, model: str, display_name: str, src_file: str | None, inline: Path | None

@@ -94,6 +94,7 @@ def _parse(
         c
         for c in _columns(con, "req")
         if c not in ("key", "request_hash", "request_bytes", "row_number")
+        and not c.startswith("__media_")
     ]
     typed = schema_types.columns(output_schema) if output_schema else []
     cost = "null::double" if paid else "0::double"  # reused answers were paid for once

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.adapters import query_source
+from runner.adapters import media, query_source
 from runner.adapters.duck import (
     Connection,
     Error,
@@ -28,7 +28,7 @@ from runner.adapters.duck import (
 from runner.core import schema_types, template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathEscapeError, confine, confine_glob
-from runner.core.requests import CACHE_PLACEHOLDER, hash_salt, request_shape
+from runner.core.requests import CACHE_PLACEHOLDER, PARTS_OPEN, hash_salt, request_shape
 from runner.errors import ManifestError
 
 FORMATS = {
@@ -298,13 +298,20 @@ def _templated(
     schema = manifest.spec.output_schema
     answers = {n.lower() for n, _ in schema_types.columns(schema)} if schema else set()
     extra, stored = _renamed(columns, answers)
+    opening = literal(shape.prefix)
+    assert manifest.spec.prompt is not None
+    if manifest.spec.prompt.media:
+        relation, parts = media.with_media(
+            con, manifest, relation=relation, columns=columns, base_dir=base_dir, root=root
+        )
+        extra += ", columns('^__media_')"
+        opening = f"{literal(PARTS_OPEN)} || {parts} || {literal(shape.prefix[len(PARTS_OPEN) :])}"
     select = f"""
         select key, sha256({literal(shape.salt)} || request) as request_hash, request,
                strlen(request) as request_bytes{extra}
         from (
             select {key} as key,
-                   {literal(shape.prefix)} || to_json({text})::varchar || {literal(shape.suffix)}
-                       as request,
+                   {opening} || to_json({text})::varchar || {literal(shape.suffix)} as request,
                    *
             from {relation}
         )
@@ -346,25 +353,37 @@ def _passthrough(
     return select, []
 
 
-def write_jsonl(requests: Path, out: Path, *, cache_name: str | None = None) -> tuple[int, int]:
+def write_jsonl(
+    requests: Path,
+    out: Path,
+    *,
+    cache_name: str | None = None,
+    media_uris: dict[str, str] | None = None,
+) -> tuple[int, int]:
     """The set's rows as ``{"key", "request"}`` JSONL lines, in the set's order.
 
     The request is already JSON text, so each line is glued as text (no re-parsing) and
     written with the CSV writer in a mode that adds nothing: one column, no quoting.
-    ``cache_name`` replaces the cache placeholder the set was built with.
+    ``cache_name`` replaces the cache placeholder the set was built with, ``media_uris``
+    (sha256 -> uploaded file uri) the media placeholders.
     """
-    request = "request"
+    con = shared_memory()
+    relation, request = f"read_parquet({literal(str(requests))}) r", "r.request"
+    count = media.media_columns(requests)
+    if count:
+        relation, request = media.with_uris(
+            con, f"read_parquet({literal(str(requests))})", media_uris or {}, count
+        )
     if cache_name is not None:
         placeholder = json.dumps(CACHE_PLACEHOLDER)
-        request = f"replace(request, {literal(placeholder)}, {literal(json.dumps(cache_name))})"
-    con = shared_memory()
+        request = f"replace({request}, {literal(placeholder)}, {literal(json.dumps(cache_name))})"
     try:
         partial = out.with_name(out.name + ".part")
         con.execute(
             f"""
             copy (
-                select '{{"key":' || to_json(key::varchar) || ',"request":' || {request} || '}}'
-                from read_parquet({literal(str(requests))})
+                select '{{"key":' || to_json(r.key::varchar) || ',"request":' || {request} || '}}'
+                from {relation}
             ) to {literal(str(partial))}
             (format csv, header false, quote '', escape '', delimiter '\x1f')
             """

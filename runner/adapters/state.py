@@ -96,6 +96,14 @@ MIGRATIONS = (
     create index caches_by_digest on caches (manifest, digest);
     alter table jobs add column cache_digest text;
     """,
+    """
+    create table media (
+        sha256 text primary key,
+        uri text not null,
+        expire_time text not null,
+        uploaded_at text not null
+    );
+    """,
 )
 
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
@@ -313,6 +321,20 @@ class StateStore:
             args,
         )
         return [CacheRow(*row) for row in rows]
+
+    # -- media files -------------------------------------------------------------------------
+    def media_file(self, sha256: str) -> tuple[str, str] | None:
+        """(uri, expire time) of the newest upload of this content, if any."""
+        row = self._db.execute(
+            "select uri, expire_time from media where sha256 = ?", (sha256,)
+        ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def add_media_file(self, sha256: str, uri: str, expire: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "insert or replace into media values (?, ?, ?, ?)", (sha256, uri, expire, now())
+            )
 
     # -- events ------------------------------------------------------------------------------
     def event(

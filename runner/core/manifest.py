@@ -70,6 +70,11 @@ class Source(Strict):
 class Prompt(Strict):
     system: str | None = None
     template: str = Field(description="Text with {{ column }} placeholders.")
+    media: list[str] = Field(
+        default_factory=list,
+        description="Columns holding paths of local files (image, PDF, audio, video) to send "
+        "with each row's prompt; each distinct file is uploaded once.",
+    )
 
 
 class Generation(Strict):

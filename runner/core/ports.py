@@ -24,6 +24,10 @@ class Backend(Protocol):
         """Upload a request file; returns its ``files/...`` name."""
         ...
 
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> tuple[str, str]:
+        """Upload a media file; (uri, expiration time)."""
+        ...
+
     def create_job(
         self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
     ) -> RemoteJob:

@@ -15,13 +15,15 @@ from typing import Any
 from runner.core.manifest import Manifest
 
 CACHE_PLACEHOLDER = "cachedContents/__gbatch_cache__"
+MEDIA_PLACEHOLDER = "gbatch-media:"  # + the file's sha256; the uploaded file's uri replaces it
+PARTS_OPEN = '{"contents":[{"role":"user","parts":['
 
 
 @dataclass(frozen=True)
 class RequestShape:
     """The constant parts of every templated request of one manifest version."""
 
-    prefix: str
+    prefix: str  # up to the text part's value: PARTS_OPEN + '{"text":'
     suffix: str
     salt: str
 
@@ -93,7 +95,7 @@ def request_shape(manifest: Manifest, *, cache_digest: str = "") -> RequestShape
     cache with the same content keeps every request hash.
     """
     rest = json.dumps(request_fields(manifest), ensure_ascii=False, separators=(",", ":"))
-    prefix = '{"contents":[{"role":"user","parts":[{"text":'
+    prefix = PARTS_OPEN + '{"text":'
     suffix = "}]}]" + ("," + rest[1:] if rest != "{}" else "}")
     return RequestShape(prefix=prefix, suffix=suffix, salt=hash_salt(manifest, cache_digest))
 
@@ -106,3 +108,9 @@ def hash_salt(manifest: Manifest, cache_digest: str = "") -> str:
 def request_hash(salt: str, request_json: str) -> str:
     """The content hash of one request (hex sha256); equal to DuckDB's ``sha256(salt || json)``."""
     return hashlib.sha256((salt + request_json).encode()).hexdigest()
+
+
+def media_part(mime_type: str, sha256: str) -> str:
+    """A ``fileData`` part naming a local file by content hash (its upload replaces it)."""
+    data = {"fileData": {"mimeType": mime_type, "fileUri": MEDIA_PLACEHOLDER + sha256}}
+    return json.dumps(data, separators=(",", ":")) + ","

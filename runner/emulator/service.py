@@ -320,9 +320,25 @@ class Service:
             cache = self._cache_view(
                 request.get("cachedContent") if isinstance(request, dict) else None
             )
+            self._check_files(request)
             return {"response": answer(request, model=batch.model, cache=cache)}
         except LineError as exc:
             return {"error": exc.as_json()}
+
+    def _check_files(self, request: Any) -> None:
+        """Every ``fileData`` part must name a live uploaded file (by its uri or name)."""
+        contents = request.get("contents", []) if isinstance(request, dict) else []
+        for content in contents if isinstance(contents, list) else []:
+            for part in content.get("parts", []) if isinstance(content, dict) else []:
+                data = part.get("fileData") if isinstance(part, dict) else None
+                if not isinstance(data, dict):
+                    continue
+                uri = str(data.get("fileUri", ""))
+                file_id = uri.rsplit("/files/", 1)[-1] if "/files/" in uri else ""
+                with self.lock:
+                    stored = self.files.get(file_id)
+                if stored is None or self.now() > stored.created + FILE_TTL_S:
+                    raise LineError(404, "NOT_FOUND", f"File {uri} not found or expired")
 
     def _process(self, batch: Batch) -> None:
         ok = failed = 0

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runner import crashpoints
-from runner.adapters import sources
+from runner.adapters import media, sources
 from runner.adapters.state import JobRow, now
 from runner.core.jobs import RemoteJob
 from runner.engine import caching
@@ -23,6 +23,7 @@ from runner.engine.runtime import Runtime, log
 from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
 
 UPLOAD_MAX_AGE_S = 46 * 3600  # uploaded files expire after 48 h
+MEDIA_MIN_LIFE_S = 25 * 3600  # a media file must outlive the job's 24 h in the queue
 
 
 @dataclass
@@ -141,7 +142,8 @@ def _upload(rt: Runtime, job: JobRow) -> JobRow:
     path = _input_path(rt, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     cache_name = caching.name_for(rt, job.manifest, job.cache_digest) if job.cache_digest else None
-    sources.write_jsonl(Path(job.request_file), path, cache_name=cache_name)
+    uris = _media_uris(rt, job)
+    sources.write_jsonl(Path(job.request_file), path, cache_name=cache_name, media_uris=uris)
     if job.bytes <= rt.settings.inline_max_bytes:
         rt.state.update_job(job.id, phase="uploaded", inline=1)
     else:
@@ -152,6 +154,33 @@ def _upload(rt: Runtime, job: JobRow) -> JobRow:
             "uploaded", f"{name} ({job.requests} requests)", manifest=job.manifest, job=job.id
         )
     return rt.state.job(job.id)
+
+
+def _media_uris(rt: Runtime, job: JobRow) -> dict[str, str]:
+    """Upload each media file the job needs that has no upload living long enough; sha -> uri.
+
+    An uploaded file lives 48 h; the job may wait up to 24 h in the queue, so a file is
+    uploaded again when less than MEDIA_MIN_LIFE_S of it is left.
+    """
+    count = media.media_columns(Path(job.request_file))
+    uris = {}
+    for sha, path, mime in media.files_of(Path(job.request_file), count):
+        known = rt.state.media_file(sha)
+        if known is not None and _seconds_left(known[1]) > MEDIA_MIN_LIFE_S:
+            uris[sha] = known[0]
+            continue
+        if not Path(path).is_file():
+            raise PermanentBackendError(f"media file {path} is gone since the plan")
+        uri, expire = rt.backend.upload_media(Path(path), mime_type=mime, display_name=sha[:40])
+        rt.state.add_media_file(sha, uri, expire)
+        uris[sha] = uri
+    if uris:
+        rt.state.event("media", f"{len(uris)} media file(s) ready", manifest=job.manifest)
+    return uris
+
+
+def _seconds_left(expire_time: str) -> float:
+    return datetime.fromisoformat(expire_time).timestamp() - time.time()
 
 
 def _input_path(rt: Runtime, job: JobRow) -> Path:
