@@ -7,6 +7,7 @@ unless the caller maps it. Used by sources, results and ledger.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -55,10 +56,14 @@ def shared_memory() -> Connection:
     return _shared().cursor()
 
 
+# Memory caps keep a whole apply of 100k requests under ~450 MB RSS (bench/apply_e2e.py);
+# DuckDB spills to disk beyond them instead of failing.
 _CONFIG: dict[str, str | bool | int | float | list[str]] = {
-    "memory_limit": "2GB",
+    "memory_limit": "600MB",
     "preserve_insertion_order": True,
+    "temp_directory": str(Path(tempfile.gettempdir()) / "gbatch-duckdb-spill"),
 }
+_FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {"memory_limit": "300MB"}
 _shared_db: list[Connection] = []
 _shared_lock = threading.Lock()
 
@@ -90,7 +95,7 @@ def _open(path: Path, *, read_only: bool) -> Connection:
         raise StoreError(f"no results database at {path} yet: nothing has been ingested")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=_FILE_CONFIG)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreBusyError(
