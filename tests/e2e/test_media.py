@@ -4,6 +4,8 @@ as fileData, answered; paths outside the root are refused."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
 
 from runner.emulator import Emulator
 from tests.conftest import Gbatch
@@ -69,3 +71,19 @@ def test_a_media_path_outside_the_root_is_refused(gbatch: Gbatch, emulator: Emul
     assert result.code == 2
     assert "photos.yaml" in result.err and "prompt.media" in result.err
     assert media_uploads(emulator) == []
+
+
+def test_a_file_whose_upload_is_near_expiry_is_uploaded_again(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    photos(gbatch, "1,img/a.png,red\n")
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    assert media_uploads(emulator) == ["image/png"]
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with sqlite3.connect(gbatch.state_dir / "state.sqlite") as db:  # 47 h later, say
+        db.execute("update media set expire_time = ?", (soon,))
+    with (gbatch.manifests / "photos.csv").open("a") as rows:
+        rows.write("2,img/same-as-a.png,red twice\n")  # needs a.png's content again
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    assert media_uploads(emulator) == ["image/png", "image/png"]
+    assert gbatch.sql("select count(*) filter (status = 'succeeded') from photos") == [(2,)]
