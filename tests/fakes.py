@@ -12,6 +12,7 @@ import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,31 @@ class FakeBackend:
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:
         self._call("count_tokens")
         return max(1, len(json.dumps(contents)) // 4)
+
+    def create_cache(
+        self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
+    ) -> tuple[str, str]:
+        self._call("create_cache", display_name)
+        return f"cachedContents/{next(self._ids)}", _expires(ttl_s)
+
+    def find_cache(self, display_name: str) -> tuple[str, str] | None:
+        self._call("find_cache", display_name)
+        return None
+
+    def extend_cache(self, name: str, *, ttl_s: float) -> str:
+        self._call("extend_cache", name)
+        return _expires(ttl_s)
+
+    def delete_cache(self, name: str) -> None:
+        self._call("delete_cache", name)
+
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> tuple[str, str]:
+        self._call("upload_media", str(path))
+        return f"https://fake/files/{next(self._ids)}", _expires(48 * 3600)
+
+
+def _expires(ttl_s: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=ttl_s)).isoformat()
 
 
 def _answer(text: str) -> dict[str, Any]:

@@ -66,17 +66,20 @@ def _files(manifest: Manifest, *, field: str, base_dir: Path, root: Path) -> lis
 
 
 def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path] | None:
-    """The files a manifest's requests are built from; None when unknowable (a query source).
+    """The files a manifest's requests are built from (source and cache); None when unknowable.
 
     The daemon fingerprints these (with the manifest's digest) to skip unchanged manifests.
     """
     source = manifest.spec.source
-    if source.query is not None:
-        return None
-    if source.rows is not None:
-        return []
-    field = "path" if source.path is not None else "requests"
-    return _files(manifest, field=field, base_dir=base_dir, root=root)
+    if source.query is not None or (manifest.spec.prompt and manifest.spec.prompt.media):
+        return None  # a query's inputs, or media files named in rows, are not listed here
+    files = []
+    if source.rows is None:
+        field = "path" if source.path is not None else "requests"
+        files = _files(manifest, field=field, base_dir=base_dir, root=root)
+    if manifest.spec.cache is not None:
+        files += [root / name for name, _ in cache_files(manifest, base_dir=base_dir, root=root)]
+    return files
 
 
 def cache_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[tuple[str, str]]:

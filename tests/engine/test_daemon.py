@@ -177,3 +177,21 @@ def test_health_fails_when_the_watcher_dies_or_the_loop_stops_turning(
     d._beat = time.monotonic()
     watcher.stop()
     assert d.health_problems() == ["the file watcher is dead"]
+
+
+def test_a_changed_cache_file_or_media_manifest_is_applied_again_on_resync(
+    rt: Runtime,
+    tmp_path: Path,
+    applied: list[str],
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "guide.md").write_text("guide " * 1000)
+    write(root, "cached", [1], extra="cache: {files: [guide.md]}\n")
+    d = daemon(rt, root)
+    d.reconcile(None)
+    d.reconcile(None)
+    assert applied == ["cached"]  # unchanged: skipped
+    (root / "guide.md").write_text("a new guide " * 1000)
+    d.reconcile(None)
+    assert applied == ["cached", "cached"]
