@@ -32,17 +32,37 @@ from runner.core.pricing import Price
 from runner.errors import GbatchError, StoreError
 
 OK_FINISH = ("STOP", "MAX_TOKENS")
-USAGE = (
-    '{"promptTokenCount": "BIGINT", "cachedContentTokenCount": "BIGINT", '
-    '"candidatesTokenCount": "BIGINT", "thoughtsTokenCount": "BIGINT", '
-    '"toolUsePromptTokenCount": "BIGINT", "totalTokenCount": "BIGINT"}'
+# The parts of a response the typed columns come from, parsed once per line.
+RESPONSE = json.dumps(
+    {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": "VARCHAR", "thought": "BOOLEAN"}]},
+                "finishReason": "VARCHAR",
+            }
+        ],
+        "usageMetadata": {
+            name: "BIGINT"
+            for name in (
+                "promptTokenCount",
+                "cachedContentTokenCount",
+                "candidatesTokenCount",
+                "thoughtsTokenCount",
+                "toolUsePromptTokenCount",
+                "totalTokenCount",
+            )
+        },
+        "modelVersion": "VARCHAR",
+    }
 )
-PARTS = '[{"text": "VARCHAR", "thought": "BOOLEAN"}]'
 GROUNDING = (
     '{"webSearchQueries": ["VARCHAR"], "groundingChunks": [{"web": {"uri": "VARCHAR", '
     '"title": "VARCHAR"}}], "groundingSupports": [{"segment": {"startIndex": "BIGINT", '
     '"endIndex": "BIGINT", "text": "VARCHAR"}, "groundingChunkIndices": ["BIGINT"]}]}'
 )
+# Long text columns are stored zstd-compressed: half the write time of DuckDB's default
+# dictionary/FSST analysis and a smaller file, at the same scan speed (bench/ingest.py).
+ZSTD_COLUMNS = ("text", "response", "error", "request_hash")
 
 
 class QueryError(GbatchError):
@@ -74,18 +94,22 @@ def _parse(
     manifest_version: str,
     commit: str | None,
 ) -> None:
-    """Temp table ``parsed``: one row per result line, statuses decided, columns typed."""
+    """Temp view ``parsed``: one row per result key, statuses decided, columns typed.
+
+    A view, not a table: the one INSERT into history streams the file through it, so the
+    answers are never held in memory. ``req`` is the job's request set.
+    """
     con.execute(
         f"""
-        create temp table lines as
-        select key, any_value(response) response, any_value(error) error
+        create temp view lines as
+        select key, response, error
         from read_json({literal(str(result_file))}, format = 'newline_delimited',
                        columns = {{'key': 'VARCHAR', 'response': 'JSON', 'error': 'JSON'}},
                        ignore_errors = true)
         where key is not null
-        group by key
         """
     )
+    con.execute("create temp view once as select * from lines")  # see _insert_history
     con.execute(
         f"create temp view req as select * exclude (request) "
         f"from read_parquet({literal(str(requests))})"
@@ -111,26 +135,24 @@ def _parse(
         f"""
         create temp view base as
         select l.key, l.error, l.response, r.key is not null as known, r.request_hash,
-               from_json(json_extract(l.response, '$.usageMetadata'), '{USAGE}') as u,
-               json_extract_string(l.response, '$.candidates[0].finishReason') finish_reason,
-               json_extract_string(l.response, '$.modelVersion') model_version,
-               list_aggr(list_transform(list_filter(
-                   from_json(json_extract(l.response, '$.candidates[0].content.parts'),
-                             '{PARTS}'),
-                   lambda p: not coalesce(p.thought, false)), lambda p: p.text),
+               l.p.usageMetadata as u,
+               l.p.candidates[1].finishReason finish_reason,
+               l.p.modelVersion model_version,
+               list_aggr(list_transform(list_filter(l.p.candidates[1].content.parts,
+                   lambda part: not coalesce(part.thought, false)), lambda part: part.text),
                    'string_agg', '') text
                {"".join(f", r.{ident(c)}" for c in source_cols)}
-        from lines l left join req r using (key)
+        from (select *, from_json(response, {literal(RESPONSE)}) p from once) l
+        left join req r using (key)
         """
     )
-    answer = ""
-    schema_check = "null"
+    answer, problem = "", "null"
     if output_schema is not None:
         structure = literal(schema_types.structure_json(output_schema))
-        answer = f", case when json_valid(text) then from_json(text, {structure}) end as answer"
+        answer = f", case when valid then from_json(text, {structure}) end as answer"
         missing = [f"answer.{ident(n)} is null" for n in schema_types.required(output_schema)]
-        schema_check = (
-            "case when not coalesce(json_valid(text), false) then "
+        problem = (
+            "case when not coalesce(valid, false) then "
             "'answer is not valid JSON for output_schema' "
             + (
                 f"when {' or '.join(missing)} then 'answer lacks a required output_schema "
@@ -140,10 +162,13 @@ def _parse(
             )
             + "end"
         )
-    con.execute(f"create temp view shaped as select *{answer} from base")
+    con.execute(
+        f"create temp view shaped as select *, {problem} as problem "
+        f"from (select *{answer} from (select *, json_valid(text) as valid from base))"
+    )
     con.execute(
         f"""
-        create temp table parsed as
+        create temp view parsed as
         select key, status, text, response, error_json as error, finish_reason,
                u.promptTokenCount prompt_tokens, u.cachedContentTokenCount cached_tokens,
                u.candidatesTokenCount output_tokens, u.thoughtsTokenCount thoughts_tokens,
@@ -162,7 +187,7 @@ def _parse(
                     when finish_reason is not null and finish_reason not in {OK_FINISH}
                         then 'failed'
                     when text is null then 'failed'
-                    when {schema_check} is not null then 'failed'
+                    when problem is not null then 'failed'
                     else 'succeeded'
                 end as status,
                 case
@@ -172,7 +197,7 @@ def _parse(
                     when finish_reason is not null and finish_reason not in {OK_FINISH}
                         then json_object('message', 'finished with ' || finish_reason)
                     when text is null then '{{"message": "the answer has no text"}}'::json
-                    when {schema_check} is not null then json_object('message', {schema_check})
+                    when problem is not null then json_object('message', problem)
                 end as error_json
             from shaped
         )
@@ -189,23 +214,29 @@ def _types(con: Connection, relation: str) -> dict[str, str]:
     return {str(name): str(kind) for name, kind in rows}
 
 
-def _exists(con: Connection, table: str) -> bool:
+def _kind(con: Connection, name: str, schema: str = "main") -> str | None:
+    """``BASE TABLE``, ``VIEW`` or None: what ``schema.name`` is in the results file."""
     found = con.execute(
-        "select count(*) from information_schema.tables where table_name = ? "
-        "and table_schema = 'main'",
-        [table],
+        "select table_type from information_schema.tables where table_name = ? "
+        "and table_schema = ? and table_catalog = current_database()",
+        [name, schema],
     ).fetchone()
-    return bool(found and found[0])
+    return str(found[0]) if found else None
 
 
-def _ensure_table(con: Connection, table: str, like: str) -> None:
+def _ensure_table(con: Connection, table: str, like: str, *, zstd: tuple[str, ...] = ()) -> None:
     """Create ``table`` shaped like ``like``; add columns it lacks, widen changed ones to text.
 
     Never drops: a column whose type changed becomes VARCHAR, which holds both versions'
-    values (callers that want a fresh table call ``_retire_if_changed`` first).
+    values (callers that want a fresh table call ``_retire_if_changed`` first). Columns
+    named in ``zstd`` are created zstd-compressed.
     """
-    if not _exists(con, table):
-        con.execute(f"create table {ident(table)} as select * from {like} where false")
+    if _kind(con, table) is None:
+        columns = ", ".join(
+            f"{ident(name)} {kind}" + (" using compression zstd" if name in zstd else "")
+            for name, kind in _types(con, like).items()
+        )
+        con.execute(f"create table {ident(table)} ({columns})")
         return
     have = _types(con, ident(table))
     for name, kind in _types(con, like).items():
@@ -215,19 +246,56 @@ def _ensure_table(con: Connection, table: str, like: str) -> None:
             con.execute(f"alter table {ident(table)} alter column {ident(name)} type VARCHAR")
 
 
-def _retire_if_changed(con: Connection, tables: list[str], like: str, stamp: str) -> list[str]:
-    """Rename ``tables`` to ``<name>_until_<stamp>`` when a column of ``like`` changed type."""
-    first = tables[0]
-    if not _exists(con, first):
-        return []
-    have = _types(con, ident(first))
-    changed = [name for name, kind in _types(con, like).items() if have.get(name, kind) != kind]
-    if not changed:
-        return []
-    for table in tables:
-        if _exists(con, table):
-            con.execute(f"alter table {ident(table)} rename to {ident(f'{table}_until_{stamp}')}")
-    return changed
+def _retire_if_changed(con: Connection, table: str, like: str, stamp: str) -> None:
+    """Move ``table``'s tables aside as ``<name>_until_<stamp>`` when a column of ``like``
+    changed type; the current rows are kept as a table of their own."""
+    history, sources = f"{table}_history", f"{table}_sources"
+    if _kind(con, history) is None:
+        return
+    have = _types(con, ident(history))
+    if all(have.get(name, kind) == kind for name, kind in _types(con, like).items()):
+        return
+    until = f"_until_{stamp}"
+    if _kind(con, table) == "VIEW":
+        con.execute(f"create table {ident(table + until)} as select * from {ident(table)}")
+        con.execute(f"drop view {ident(table)}")
+        con.execute(f"drop table {_pointer(table)}")
+    elif _kind(con, table) is not None:
+        con.execute(f"alter table {ident(table)} rename to {ident(table + until)}")
+    for name in (history, sources):
+        if _kind(con, name) is not None:
+            con.execute(f"alter table {ident(name)} rename to {ident(name + until)}")
+
+
+def _pointer(table: str) -> str:
+    """The table naming the current row of each key, as (key, job) of ``table``'s history.
+
+    In ``main`` beside the others, unqualified: a schema of its own could clash with the
+    database's own name (``gbatch.duckdb`` is the catalog ``gbatch``), and the view must
+    still resolve when a reader attaches the file under another name.
+    """
+    return ident(table + "_current_keys")
+
+
+def _ensure_pointer(con: Connection, table: str) -> None:
+    """The pointer table exists; a current table from before pointers becomes one.
+
+    Every row such a table held is also in history (both were written in one transaction),
+    so only its (key, job) pairs are kept.
+    """
+    con.execute(f"create table if not exists {_pointer(table)} (key varchar, job varchar)")
+    if _kind(con, table) == "BASE TABLE":
+        con.execute(f"insert into {_pointer(table)} select key, job from {ident(table)}")
+        con.execute(f"drop table {ident(table)}")
+
+
+def _show_pointed(con: Connection, table: str) -> None:
+    """``table`` as the view of the history rows its pointer names (re-made after each
+    change, so it always carries history's columns and their types)."""
+    con.execute(
+        f"create or replace view {ident(table)} as select h.* from "
+        f"{ident(table + '_history')} h semi join {_pointer(table)} p using (key, job)"
+    )
 
 
 def ingest(
@@ -246,8 +314,10 @@ def ingest(
     paid: bool = True,
     on_schema_change: str = "add_columns",
 ) -> IngestSummary:
-    """One job's result lines into ``table`` (current rows) and its history, atomically.
+    """One job's result lines into ``table``'s history, and its current rows, atomically.
 
+    History is written once; ``table`` is a view over it that shows the rows the pointer
+    table names, so making a row current writes only its (key, job).
     ``on_schema_change``: ``add_columns`` widens a column whose type changed to text;
     ``new_table`` renames the old tables to ``<name>_until_<time>`` and starts new ones.
     """
@@ -265,43 +335,43 @@ def ingest(
             manifest_version=manifest_version,
             commit=commit,
         )
-        history, sources = f"{table}_history", f"{table}_sources"
+        history = f"{table}_history"
+        this_job = f"(select * from {ident(history)} where job = {literal(job)})"
         con.execute("begin transaction")
         if on_schema_change == "new_table":
-            stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-            _retire_if_changed(con, [history, table, sources], "parsed", stamp)
-        _ensure_table(con, history, "parsed")
-        _ensure_table(con, table, "parsed")
-        con.execute(f"delete from {ident(history)} where job = ?", [job])
-        con.execute(f"insert into {ident(history)} by name select * from parsed")
+            _retire_if_changed(con, table, "parsed", datetime.now(UTC).strftime("%Y%m%d%H%M%S"))
+        _ensure_table(con, history, "parsed", zstd=ZSTD_COLUMNS)
+        _ensure_pointer(con, table)
+        _insert_history(con, history, job)
         current_filter = (
             f"semi join read_parquet({literal(str(current))}) c using (key, request_hash)"
             if current is not None
             else "where p.request_hash is not null"
         )
-        con.execute(f"create temp table fresh as select p.* from parsed p {current_filter}")
-        con.execute(f"delete from {ident(table)} where key in (select key from fresh)")
-        con.execute(f"insert into {ident(table)} by name select * from fresh")
-        _write_sources(con, sources, job)
+        con.execute(f"create temp table fresh as select p.key from {this_job} p {current_filter}")
+        con.execute(f"delete from {_pointer(table)} where key in (select key from fresh)")
+        con.execute(f"insert into {_pointer(table)} select key, {literal(job)} from fresh")
+        _show_pointed(con, table)
+        _write_sources(con, f"{table}_sources", job, this_job)
         crashpoints.reached("ingest_mid_transaction")
         con.execute("commit")
         row = con.execute(
             "select count(*), count(*) filter (status = 'succeeded'), "
             "count(*) filter (status = 'failed'), count(*) filter (request_hash is null), "
             "coalesce(sum(cost_usd), 0), coalesce(sum(prompt_tokens), 0), "
-            "coalesce(sum(output_tokens), 0) from parsed"
+            f"coalesce(sum(output_tokens), 0) from {this_job}"
         ).fetchone()
-        missing = con.execute("select count(*) from req anti join lines using (key)").fetchone()
+        requested = con.execute("select count(*) from req").fetchone()
     except Error as exc:
         raise StoreError(f"ingest of {job} into {results_db}: {exc}") from exc
     finally:
         con.close()
-    assert row is not None and missing is not None
+    assert row is not None and requested is not None
     return IngestSummary(
         rows=int(row[0]),
         succeeded=int(row[1]),
         failed=int(row[2]),
-        missing_keys=int(missing[0]),
+        missing_keys=int(requested[0]) - (int(row[0]) - int(row[3])),
         unknown_keys=int(row[3]),
         cost_usd=float(row[4]),
         prompt_tokens=int(row[5]),
@@ -309,7 +379,29 @@ def ingest(
     )
 
 
-def _write_sources(con: Connection, table: str, job: str) -> None:
+def _insert_history(con: Connection, history: str, job: str) -> None:
+    """The job's parsed lines into history, replacing any earlier ingest of the same job.
+
+    A key that appears twice in one file is rare, so it is looked for after the insert
+    rather than by a pass over the file before it; then the job is written again from one
+    line per key.
+    """
+    for attempt in range(2):
+        con.execute(f"delete from {ident(history)} where job = ?", [job])
+        con.execute(f"insert into {ident(history)} by name select * from parsed")
+        repeated = con.execute(
+            f"select count(*) - count(distinct key) from {ident(history)} where job = ?", [job]
+        ).fetchone()
+        if attempt or not repeated or not repeated[0]:
+            return
+        con.execute(
+            "create or replace temp view once as select key, line.response, line.error from ("
+            "select key, arg_max({'response': response, 'error': error}, response is not null) "
+            "line from lines group by key)"
+        )
+
+
+def _write_sources(con: Connection, table: str, job: str, this_job: str) -> None:
     """Grounding sources: one row per (key, supported segment, chunk), or per chunk."""
     con.execute(
         f"""
@@ -317,8 +409,9 @@ def _write_sources(con: Connection, table: str, job: str) -> None:
         with g as (
             select key, from_json(json_extract(response, '$.candidates[0].groundingMetadata'),
                                   '{GROUNDING}') m
-            from parsed where json_extract(response, '$.candidates[0].groundingMetadata')
-                is not null
+            from {this_job}
+            where contains(response::varchar, '"groundingMetadata"')
+                and json_extract(response, '$.candidates[0].groundingMetadata') is not null
         ),
         chunks as (
             select key, m, unnest(range(len(m.groundingChunks))) i from g
@@ -336,39 +429,35 @@ def _write_sources(con: Connection, table: str, job: str) -> None:
         """
     )
     count = con.execute("select count(*) from grounding").fetchone()
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_name = ?", [table]
-    ).fetchone()
-    if (count and count[0]) or (exists and exists[0]):
+    if (count and count[0]) or _kind(con, table) is not None:
         _ensure_table(con, table, "grounding")
         con.execute(f"delete from {ident(table)} where job = ?", [job])
         con.execute(f"insert into {ident(table)} by name select * from grounding")
 
 
 def show_current(*, results_db: Path, table: str, current: Path) -> None:
-    """Make ``table`` hold the newest answer of each (key, hash) of the current version."""
+    """Point ``table`` at the newest answer of each (key, hash) of the current version."""
     if not results_db.exists():
         return
     con = open_file(results_db, read_only=False)
     try:
         history = f"{table}_history"
-        exists = con.execute(
-            "select count(*) from information_schema.tables where table_name = ?", [history]
-        ).fetchone()
-        if not exists or not exists[0]:
+        if _kind(con, history) is None:
             return
         con.execute("begin transaction")
+        _ensure_pointer(con, table)
         con.execute(
             f"""
-            create or replace table {ident(table)} as
-            select * exclude (newest) from (
-                select h.*, row_number() over (partition by key order by ingested_at desc,
+            create or replace table {_pointer(table)} as
+            select key, job from (
+                select key, job, row_number() over (partition by key order by ingested_at desc,
                     status = 'succeeded' desc) newest
                 from {ident(history)} h
                 semi join read_parquet({literal(str(current))}) c using (key, request_hash)
             ) where newest = 1
             """
         )
+        _show_pointed(con, table)
         con.execute("commit")
     except Error as exc:
         raise StoreError(f"refreshing {table} in {results_db}: {exc}") from exc
