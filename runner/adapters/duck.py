@@ -35,16 +35,19 @@ def path_list(paths: Sequence[Path]) -> str:
     return "[" + ", ".join(literal(str(p)) for p in paths) + "]"
 
 
-def memory(*, temp_dir: Path | None = None) -> Connection:
+def memory(*, temp_dir: Path | None = None, ordered: bool = True) -> Connection:
     """A private in-memory database; spills to ``temp_dir`` instead of running out.
 
-    Private, so it may be locked down (user SQL) or hold a set of any size.
+    Private, so it may be locked down (user SQL) or hold a set of any size. ``ordered=False``
+    lets DuckDB write query results out of row order, on every core: for work whose output
+    order carries no meaning (a request set, an upload file), it is ~1.5x faster.
     """
     config = dict(_CONFIG)
+    config["preserve_insertion_order"] = ordered
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
-    return duckdb.connect(":memory:", config=config)
+    return _quiet(duckdb.connect(":memory:", config=config))
 
 
 def shared_memory() -> Connection:
@@ -53,7 +56,13 @@ def shared_memory() -> Connection:
     Opening a database costs ~10 ms and a reconcile needs several small ones (ledger, JSONL);
     a cursor costs ~0.3 ms. Only temp tables, and never lock it down: others share it.
     """
-    return _shared().cursor()
+    return _quiet(_shared().cursor())
+
+
+def _quiet(con: Connection) -> Connection:
+    """No progress bar: DuckDB draws one on stdout for queries over ~2 s, even in a daemon."""
+    con.execute("set enable_progress_bar = false")
+    return con
 
 
 # Memory caps keep a whole apply of 100k requests under ~450 MB RSS (bench/apply_e2e.py);
@@ -95,7 +104,7 @@ def _open(path: Path, *, read_only: bool) -> Connection:
         raise StoreError(f"no results database at {path} yet: nothing has been ingested")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=_FILE_CONFIG)
+        return _quiet(duckdb.connect(str(path), read_only=read_only, config=_FILE_CONFIG))
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreBusyError(

@@ -3,8 +3,8 @@
 The template compiles to one SQL string expression and the constant parts of the request
 (``runner.core.requests.RequestShape``) are glued around the escaped text, so a million rows
 never pass through a Python loop. The result is a Parquet file of key, request_hash, request,
-request_bytes and the source row's own columns, in source order. Called by validate, reconcile
-(build_requests) and submit (write_jsonl).
+request_bytes and the source row's own columns, in no particular order (keys name the rows).
+Called by validate, reconcile (build_requests) and submit (write_jsonl).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from runner.adapters.duck import (
     literal,
     memory,
     path_list,
-    shared_memory,
 )
 from runner.core import schema_types, template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
@@ -40,6 +39,9 @@ FORMATS = {
     ".parquet": "parquet",
 }
 ROW_HASH_CHARS = 16
+# Row groups capped by size: both cores write their own, and wide rows (long texts) cannot
+# hold more than ~32 MB per core in memory (bench/build_requests.py: 1M rows at ~400 MB).
+SET_FORMAT = "format parquet, row_group_size_bytes '32MB'"
 
 
 @dataclass(frozen=True)
@@ -220,21 +222,29 @@ def _renamed(
     return (", " + ", ".join(selected)) if selected else "", stored
 
 
-def _check_keys(con: Connection, written: str) -> None:
-    """Every row has a key and no key repeats; row numbers are found only when one fails."""
+def _check_keys(con: Connection, written: str, source_keys: str) -> None:
+    """Every row has a key and no key repeats.
+
+    The set is written out of source order, so a failure is located on ``source_keys``
+    (the keys as the source lists them), read again in order: the rare path pays for it.
+    """
     bad = con.execute(
         f"select count(*) filter (key is null), count(*) - count(distinct key) from {written}"
     ).fetchone()
     if not bad or (bad[0] == 0 and bad[1] == 0):
         return
-    numbered = f"(select row_number() over () as row_number, key from {written})"
+    con.execute("set preserve_insertion_order = true")
+    con.execute(
+        "create temp table numbered as "
+        f"select row_number() over () as row_number, key from {source_keys}"
+    )
     if bad[0]:
         (first,) = con.execute(
-            f"select min(row_number) from {numbered} where key is null"
+            "select min(row_number) from numbered where key is null"
         ).fetchone() or (0,)
         raise ManifestError(f"row {first} has no key (the key column is empty)", field="source.key")
     dupes = con.execute(
-        f"select key, list(row_number order by row_number) from {numbered} group by key "
+        "select key, list(row_number order by row_number) from numbered group by key "
         "having count(*) > 1 order by min(row_number) limit 3"
     ).fetchall()
     detail = "; ".join(f"{key!r} at rows {', '.join(map(str, rows[:5]))}" for key, rows in dupes)
@@ -248,10 +258,10 @@ def build_requests(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gbatch-build-", dir=out.parent) as scratch_dir:
         scratch = Path(scratch_dir)
-        con = memory(temp_dir=scratch / "spill")
+        con = memory(temp_dir=scratch / "spill", ordered=False)
         try:
             if manifest.spec.source.requests is not None:
-                select, columns = _passthrough(
+                select, source_keys, columns = _passthrough(
                     con,
                     manifest,
                     base_dir=base_dir,
@@ -259,7 +269,7 @@ def build_requests(
                     salt=hash_salt(manifest, cache_digest),
                 )
             else:
-                select, columns = _templated(
+                select, source_keys, columns = _templated(
                     con,
                     manifest,
                     base_dir=base_dir,
@@ -270,11 +280,11 @@ def build_requests(
             # Rendered, hashed and written in one streaming pass; checked on the file after.
             partial = out.with_name(out.name + ".part")
             try:
-                con.execute(f"copy ({select}) to {literal(str(partial))} (format parquet)")
+                con.execute(f"copy ({select}) to {literal(str(partial))} ({SET_FORMAT})")
             except Error as exc:
                 raise _unreadable(manifest, exc) from None
             written = f"read_parquet({literal(str(partial))})"
-            _check_keys(con, written)
+            _check_keys(con, written, source_keys)
             count, size = con.execute(
                 f"select count(*), coalesce(sum(request_bytes), 0) from {written}"
             ).fetchone() or (0, 0)
@@ -292,12 +302,14 @@ def _templated(
     root: Path,
     scratch: Path,
     cache_digest: str,
-) -> tuple[str, list[tuple[str, str]]]:
-    """The SELECT that renders every source row into a request; the stored source columns."""
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """The SELECT that renders every source row into a request, the source's keys in order
+    (for error messages), and the stored source columns."""
     relation, columns = _load(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
     shape = request_shape(manifest, cache_digest=cache_digest)
     text = _render_sql(manifest, columns)
     key = _key_sql(manifest, columns)
+    source_keys = f"(select {key} as key from {relation})"
     schema = manifest.spec.output_schema
     answers = {n.lower() for n, _ in schema_types.columns(schema)} if schema else set()
     extra, stored = _renamed(columns, answers)
@@ -319,13 +331,14 @@ def _templated(
             from {relation}
         )
         """
-    return select, stored
+    return select, source_keys, stored
 
 
 def _passthrough(
     con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, salt: str
-) -> tuple[str, list[tuple[str, str]]]:
-    """The SELECT over a ready-made requests JSONL (checked line by line first)."""
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """The SELECT over a ready-made requests JSONL (checked line by line first), its keys
+    in line order, and no source columns."""
     (path,) = _files(manifest, field="requests", base_dir=base_dir, root=root)
     try:
         con.execute(
@@ -351,9 +364,9 @@ def _passthrough(
     select = f"""
         select key, sha256({literal(salt)} || request::varchar) as request_hash,
                request::varchar as request, strlen(request::varchar) as request_bytes
-        from lines order by row_number
+        from lines
         """
-    return select, []
+    return select, "(select key from lines order by row_number)", []
 
 
 def write_jsonl(
@@ -363,14 +376,15 @@ def write_jsonl(
     cache_name: str | None = None,
     media_uris: dict[str, str] | None = None,
 ) -> tuple[int, int]:
-    """The set's rows as ``{"key", "request"}`` JSONL lines, in the set's order.
+    """The set's rows as ``{"key", "request"}`` JSONL lines.
 
     The request is already JSON text, so each line is glued as text (no re-parsing) and
-    written with the CSV writer in a mode that adds nothing: one column, no quoting.
+    written with the CSV writer in a mode that adds nothing: one column, no quoting. Lines
+    come out of order (keys name them), on every core.
     ``cache_name`` replaces the cache placeholder the set was built with, ``media_uris``
     (sha256 -> uploaded file uri) the media placeholders.
     """
-    con = shared_memory()
+    con = memory(ordered=False)
     relation, request = f"read_parquet({literal(str(requests))}) r", "r.request"
     count = media.media_columns(requests)
     if count:
