@@ -65,6 +65,11 @@ GROUNDING = (
 ZSTD_COLUMNS = ("text", "response", "error", "request_hash")
 
 
+# An answer that calls the manifest's functions has no text: it succeeded, and its calls are in
+# ``response``. (A quote inside answer text is escaped, so answer text cannot match this.)
+CALLS = """contains(response::varchar, '"functionCall"')"""
+
+
 class QueryError(GbatchError):
     """The user's SQL was refused or failed."""
 
@@ -186,6 +191,7 @@ def _parse(
                     when error is not null or response is null then 'failed'
                     when finish_reason is not null and finish_reason not in {OK_FINISH}
                         then 'failed'
+                    when text is null and {CALLS} then 'succeeded'
                     when text is null then 'failed'
                     when problem is not null then 'failed'
                     else 'succeeded'
@@ -196,6 +202,7 @@ def _parse(
                     when response is null then '{{"message": "no response"}}'::json
                     when finish_reason is not null and finish_reason not in {OK_FINISH}
                         then json_object('message', 'finished with ' || finish_reason)
+                    when text is null and {CALLS} then null
                     when text is null then '{{"message": "the answer has no text"}}'::json
                     when problem is not null then json_object('message', problem)
                 end as error_json

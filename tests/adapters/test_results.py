@@ -161,3 +161,32 @@ def test_show_current_points_at_the_newest_answer_of_each_current_request(tmp_pa
     results.show_current(results_db=db, table="t", current=new)
     assert _rows(db, "select key from t") == [("a",)]  # b has no answer for its new request yet
     assert _rows(db, "select count(*) from t_history") == [(2,)]  # nothing paid for is lost
+
+
+def test_an_answer_that_calls_a_function_succeeds_with_no_text(tmp_path: Path) -> None:
+    requests = write_set(tmp_path / "set.parquet", [("a", "h1"), ("b", "h2")])
+    call = {"functionCall": {"name": "lookup", "args": {"sku": "A-1"}}}
+    calls = {
+        "candidates": [{"content": {"parts": [call]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 4},
+    }
+    quoted = {  # text that merely mentions the key is still an answer without a call
+        "candidates": [{"content": {"parts": []}, "finishReason": "STOP"}],
+        "note": 'said "functionCall" here',
+    }
+    lines = [
+        json.dumps({"key": "a", "response": calls}),
+        json.dumps({"key": "b", "response": quoted}),
+    ]
+    summary = _ingest(tmp_path, "batches/1", lines, requests)
+    assert (summary.succeeded, summary.failed) == (1, 1)
+    db = tmp_path / "gbatch.duckdb"
+    rows = _rows(
+        db,
+        "select key, status, text, error->>'message', "
+        "response->>'$.candidates[0].content.parts[0].functionCall.name' from t order by key",
+    )
+    assert rows == [
+        ("a", "succeeded", None, None, "lookup"),
+        ("b", "failed", None, "the answer has no text", None),
+    ]
