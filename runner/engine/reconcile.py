@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,6 +233,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         last_error=plan.blocked or (None if shown else "results busy: table not yet switched"),
         policy=manifest.spec.policy.model_dump_json(),
     )
+    _drop_old_sets(rt.sets_dir(plan.name), keep=plan.desired)
     if previous is not None and previous.digest != loaded.digest:
         _retire_old_version(
             rt, plan.name, keep=loaded.digest, cancel=manifest.spec.policy.on_change == "cancel"
@@ -341,6 +343,29 @@ def _counts(plan: ManifestPlan) -> str:
         f"{d.unchanged} unchanged, {d.in_flight} in flight, {d.reused} reused, "
         f"{d.waiting} waiting, {d.removed} removed"
     )
+
+
+SET_GRACE_S = 600.0
+
+
+def _drop_old_sets(sets: Path, *, keep: Path) -> None:
+    """Delete the request sets of earlier versions, once recorded ``keep`` has replaced them.
+
+    Only the recorded set is read again (the next diff's previous set, ingest's current
+    version); jobs keep their own rows under jobs/. A set younger than ten minutes is left
+    for a ``gbatch plan`` that may be reading it beside the daemon. Scratch files
+    (building, to_submit, to_reuse) are not sets and are rewritten by every plan.
+    """
+    now = time.time()
+    for path in sets.glob("*.parquet"):
+        named_by_digest = len(path.stem) == 64 and all(c in "0123456789abcdef" for c in path.stem)
+        if path == keep or not named_by_digest:
+            continue
+        try:
+            if now - path.stat().st_mtime > SET_GRACE_S:
+                path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _retire_old_version(rt: Runtime, name: str, *, keep: str, cancel: bool) -> None:
