@@ -83,7 +83,8 @@ def diff(
 
     unchanged: answered before with the same hash; in_flight: carried by a live job; reused:
     the same request hash has an answer in the ``answers`` store (rows written to
-    ``reuse_out``); waiting: the hash is carried by a live job in ``elsewhere``; retry:
+    ``reuse_out``); waiting: the hash is carried by a live job in ``elsewhere``, or by another
+    row of this set that is sent now (the smallest key of rows with one request); retry:
     failed before, retryable and under ``retries`` attempts; exhausted: failed too often or
     permanently; new / changed: never sent (changed when the key had another hash before).
     Without ``answers`` / ``elsewhere`` (a manifest that opts out) nothing is reused.
@@ -160,11 +161,23 @@ def diff(
         left join known k using (key)
         """
     )
+    submit = "verdict in ('new', 'changed', 'retry')"
+    if answers is not None:  # one request for rows that would send the same one
+        con.execute(
+            f"""
+            update d set verdict = 'waiting'
+            from (
+                select request_hash, min(key) first from d where {submit}
+                group by request_hash having count(*) > 1
+            ) twin
+            where d.request_hash = twin.request_hash and d.key != twin.first
+                and d.verdict in ('new', 'changed', 'retry')
+            """
+        )
     counts = dict(con.execute("select verdict, count(*) from d group by verdict").fetchall())
     removed = con.execute(
         f"select count(*) from ({prev_select}) p anti join d using (key)"
     ).fetchone()
-    submit = "verdict in ('new', 'changed', 'retry')"
     totals = con.execute(
         f"select count(*), coalesce(sum(request_bytes), 0), coalesce(sum(request_chars), 0) "
         f"from d where {submit}"

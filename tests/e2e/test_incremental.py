@@ -56,6 +56,24 @@ def test_identical_requests_in_two_manifests_are_answered_once(
     assert gbatch.sql("select count(*), sum(cost_usd) from third") == [(2, 0.0)]
 
 
+def test_rows_of_one_manifest_asking_the_same_thing_are_paid_for_once(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    gbatch.write(
+        "same.yaml",
+        "model: gemini-2.5-flash\nsource:\n  key: id\n  rows: [{id: a}, {id: b}, {id: c}]\n"
+        "prompt: {template: 'One question for all'}\n",
+    )
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert requests_received(emulator) == [1]
+    assert gbatch.sql("select key, status, cost_usd > 0 from same order by key") == [
+        ("a", "succeeded", True),
+        ("b", "succeeded", False),
+        ("c", "succeeded", False),
+    ]
+
+
 def test_a_manifest_that_opts_out_of_reuse_pays_for_its_own_answers(
     gbatch: Gbatch, emulator: Emulator
 ) -> None:

@@ -143,3 +143,30 @@ def test_a_new_version_drops_the_old_request_sets_but_keeps_the_recorded_one(
     assert kept == {Path(recorded.request_set).name, fresh.name}
     assert not first.exists()
     assert rows(rt, "select count(*) from nums") == [(4,)]  # the kept set still serves ingest
+
+
+def test_rows_that_render_the_same_request_are_sent_once_and_share_its_answer(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "same.yaml").write_text(
+        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows: [{n: 1}, {n: 2}, {n: 3}]\n"
+        "prompt: {template: 'The same question'}\n"
+    )
+    loaded, errors = load_paths([root])
+    assert not errors
+    by_name = {item.manifest.name: item for item in loaded}
+    plan = reconcile.apply_manifest(rt, by_name["same"])
+    assert (plan.diff.submit_requests, plan.diff.waiting) == (1, 2)
+    run_to_end(rt, by_name)
+    run_to_end(rt, by_name)  # the next round reuses the one answer for the other two
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    assert fake.count("create") == 1
+    assert sorted((j.kind, j.requests) for j in rt.state.jobs()) == [("batch", 1), ("reuse", 2)]
+    assert rows(rt, "select key, status, text, cost_usd > 0 from same order by key") == [
+        ("1", "succeeded", "echo: The same question", True),
+        ("2", "succeeded", "echo: The same question", False),
+        ("3", "succeeded", "echo: The same question", False),
+    ]
