@@ -170,8 +170,7 @@ def diff(
                 select request_hash, min(key) first from d where {submit}
                 group by request_hash having count(*) > 1
             ) twin
-            where d.request_hash = twin.request_hash and d.key != twin.first
-                and d.verdict in ('new', 'changed', 'retry')
+            where d.request_hash = twin.request_hash and d.key != twin.first and {submit}
             """
         )
     counts = dict(con.execute("select verdict, count(*) from d group by verdict").fetchall())

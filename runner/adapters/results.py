@@ -63,8 +63,6 @@ GROUNDING = (
 # Long text columns are stored zstd-compressed: half the write time of DuckDB's default
 # dictionary/FSST analysis and a smaller file, at the same scan speed (bench/ingest.py).
 ZSTD_COLUMNS = ("text", "response", "error", "request_hash")
-
-
 # An answer that calls the manifest's functions has no text: it succeeded, and its calls are in
 # ``response``. (A quote inside answer text is escaped, so answer text cannot match this.)
 CALLS = """contains(response::varchar, '"functionCall"')"""
@@ -221,12 +219,12 @@ def _types(con: Connection, relation: str) -> dict[str, str]:
     return {str(name): str(kind) for name, kind in rows}
 
 
-def _kind(con: Connection, name: str, schema: str = "main") -> str | None:
-    """``BASE TABLE``, ``VIEW`` or None: what ``schema.name`` is in the results file."""
+def _kind(con: Connection, name: str) -> str | None:
+    """``BASE TABLE``, ``VIEW`` or None: what ``name`` is in the results file."""
     found = con.execute(
         "select table_type from information_schema.tables where table_name = ? "
-        "and table_schema = ? and table_catalog = current_database()",
-        [name, schema],
+        "and table_schema = 'main' and table_catalog = current_database()",
+        [name],
     ).fetchone()
     return str(found[0]) if found else None
 
@@ -393,19 +391,22 @@ def _insert_history(con: Connection, history: str, job: str) -> None:
     rather than by a pass over the file before it; then the job is written again from one
     line per key.
     """
-    for attempt in range(2):
-        con.execute(f"delete from {ident(history)} where job = ?", [job])
-        con.execute(f"insert into {ident(history)} by name select * from parsed")
-        repeated = con.execute(
-            f"select count(*) - count(distinct key) from {ident(history)} where job = ?", [job]
-        ).fetchone()
-        if attempt or not repeated or not repeated[0]:
-            return
+    _replace_job_rows(con, history, job)
+    repeated = con.execute(
+        f"select count(*) - count(distinct key) from {ident(history)} where job = ?", [job]
+    ).fetchone()
+    if repeated and repeated[0]:
         con.execute(
             "create or replace temp view once as select key, line.response, line.error from ("
             "select key, arg_max({'response': response, 'error': error}, response is not null) "
             "line from lines group by key)"
         )
+        _replace_job_rows(con, history, job)
+
+
+def _replace_job_rows(con: Connection, history: str, job: str) -> None:
+    con.execute(f"delete from {ident(history)} where job = ?", [job])
+    con.execute(f"insert into {ident(history)} by name select * from parsed")
 
 
 def _write_sources(con: Connection, table: str, job: str, this_job: str) -> None:

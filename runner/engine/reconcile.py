@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,27 +344,18 @@ def _counts(plan: ManifestPlan) -> str:
     )
 
 
-SET_GRACE_S = 600.0
-
-
 def _drop_old_sets(sets: Path, *, keep: Path) -> None:
     """Delete the request sets of earlier versions, once recorded ``keep`` has replaced them.
 
     Only the recorded set is read again (the next diff's previous set, ingest's current
-    version); jobs keep their own rows under jobs/. A set younger than ten minutes is left
-    for a ``gbatch plan`` that may be reading it beside the daemon. Scratch files
-    (building, to_submit, to_reuse) are not sets and are rewritten by every plan.
+    version); jobs keep their own rows under jobs/. Only the holder of the state lock gets
+    here (``plan`` works in a scratch directory). Scratch files (building, to_submit,
+    to_reuse) are not sets and are rewritten by every plan.
     """
-    now = time.time()
     for path in sets.glob("*.parquet"):
         named_by_digest = len(path.stem) == 64 and all(c in "0123456789abcdef" for c in path.stem)
-        if path == keep or not named_by_digest:
-            continue
-        try:
-            if now - path.stat().st_mtime > SET_GRACE_S:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+        if named_by_digest and path != keep:
+            path.unlink(missing_ok=True)
 
 
 def _retire_old_version(rt: Runtime, name: str, *, keep: str, cancel: bool) -> None:
