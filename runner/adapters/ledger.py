@@ -97,7 +97,7 @@ def diff(
             "select key, request_hash, status, retryable "
             f"from read_parquet({path_list(ledger_files)})"
             if ledger_files
-            else "select ''::varchar key, ''::varchar request_hash, ''::varchar status, "
+            else "select ''::varchar as key, ''::varchar request_hash, ''::varchar status, "
             "false retryable where false"
         )
     )
@@ -107,7 +107,7 @@ def diff(
         + (
             f"select distinct key, request_hash from read_parquet({path_list(flight)})"
             if flight
-            else "select ''::varchar key, ''::varchar request_hash where false"
+            else "select ''::varchar as key, ''::varchar request_hash where false"
         )
     )
     stored = [p for p in answers or [] if p.exists()]
@@ -131,7 +131,7 @@ def diff(
     prev_select = (
         f"select key from read_parquet({literal(str(previous))})"
         if previous is not None and previous.exists()
-        else "select ''::varchar key where false"
+        else "select ''::varchar as key where false"
     )
     con.execute(
         f"""
@@ -167,7 +167,7 @@ def diff(
             f"""
             update d set verdict = 'waiting'
             from (
-                select request_hash, min(key) first from d where {submit}
+                select request_hash, min(key) as first from d where {submit}
                 group by request_hash having count(*) > 1
             ) twin
             where d.request_hash = twin.request_hash and d.key != twin.first and {submit}
@@ -277,13 +277,13 @@ def record_outcome(
     con = shared_memory()
     if result_file is not None and result_file.exists() and result_file.stat().st_size > 0:
         lines = (
-            f"select key::varchar key, response is not null and error is null ok, "
+            f"select key::varchar as key, response is not null and error is null ok, "
             f"try_cast(json_extract(error, '$.code') as integer) code "
             f"from read_json({literal(str(result_file))}, format='newline_delimited', "
             "columns={'key': 'VARCHAR', 'response': 'JSON', 'error': 'JSON'}, ignore_errors=true)"
         )
     else:
-        lines = "select ''::varchar key, false ok, 0 code where false"
+        lines = "select ''::varchar as key, false ok, 0 code where false"
     permanent = ", ".join(str(c) for c in PERMANENT_CODES)
     reason = json.dumps(job_error) if job_error else None
     _atomic_copy(

@@ -143,7 +143,7 @@ def _parse(
                l.p.modelVersion model_version,
                list_aggr(list_transform(list_filter(l.p.candidates[1].content.parts,
                    lambda part: not coalesce(part.thought, false)), lambda part: part.text),
-                   'string_agg', '') text
+                   'string_agg', '') as text
                {"".join(f", r.{ident(c)}" for c in source_cols)}
         from (select *, from_json(response, {literal(RESPONSE)}) p from once) l
         left join req r using (key)

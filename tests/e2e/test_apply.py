@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +242,32 @@ def test_a_schema_change_follows_the_declared_policy_and_keeps_every_answer(
         (old,) = [t for t in tables if t.startswith("product_copy_history_until_")]
         assert gbatch.sql(f"select count(*), min(typeof(rating)) from {old}") == [(3, "BIGINT")]
         assert gbatch.sql("select count(*) from product_copy_history") == [(3,)]
+
+
+def test_the_results_file_opens_in_the_duckdb_cli_the_set_up_installs(
+    gbatch: Gbatch,
+) -> None:
+    """The README tells users to read results with ``duckdb -readonly``: that CLI (installed
+    beside gbatch) must read the files gbatch writes, views and compressed columns included."""
+    seed(gbatch)
+    assert gbatch("apply", "manifests", "--wait").code == 0
+    cli = Path(sys.executable).with_name("duckdb")
+    out = subprocess.run(
+        [
+            str(cli),
+            "-readonly",
+            "-csv",
+            str(gbatch.db),
+            "-c",
+            "select key, status, length(text) > 0 as answered from seed order by key",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert out.splitlines() == [
+        "key,status,answered",
+        "request_1,succeeded,true",
+        "request_2,succeeded,true",
+    ]
