@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     max_backoff_s: float = Field(
         300.0, gt=0, description="Cap on waits after 429 / 5xx (RetryInfo is honoured below it)."
     )
+    adopt_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long a create whose reply was lost is looked for by listing (the "
+        "list may lag behind a create) before the same intent may be created again.",
+    )
+    max_list_pages: int = Field(
+        20, ge=1, description="Pages of batches.list read per cycle (100 jobs a page)."
+    )
     poll_interval_s: float = Field(30.0, gt=0, description="Between job polls while waiting.")
     max_requests_per_job: int = Field(50_000, ge=1)
     max_job_bytes: int = Field(1_900_000_000, ge=1024, description="Under the 2 GB file cap.")

@@ -11,6 +11,7 @@ import pytest
 
 from runner.cli import main
 from runner.emulator import Emulator, EmulatorConfig
+from runner.emulator.service import StoredFile
 
 API_KEY = "test-key-7f3a9c"  # tests assert it never leaks into output, logs or databases
 
@@ -23,6 +24,13 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
         yield emu
     finally:
         emu.stop()
+
+
+def uploads(emulator: Emulator) -> list[StoredFile]:
+    """Every file the client uploaded, deleted ones included (gbatch deletes its inputs)."""
+    with emulator.service.lock:
+        stored = [*emulator.service.files.values(), *emulator.service.deleted.values()]
+    return [f for f in stored if f.source == "UPLOADED"]
 
 
 @dataclass

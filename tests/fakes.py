@@ -12,15 +12,19 @@ import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from runner.core.clock import Clock, SystemClock
 from runner.core.jobs import JobState, RemoteJob
+from runner.core.ports import UploadedFile
 
 
 class FakeBackend:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or SystemClock()
         self.files: dict[str, list[str]] = {}
         self.jobs: dict[str, RemoteJob] = {}
         self.inputs: dict[str, list[str]] = {}
@@ -28,6 +32,10 @@ class FakeBackend:
         self._errors: dict[str, list[Exception]] = defaultdict(list)
         self._ids = itertools.count(1)
         self.api_errors: dict[str, int] = {}
+        self.hold = False  # new jobs stay PENDING until released or cancelled
+        self.list_lag = 0  # listings that do not show a new job yet (the real list may lag)
+        self.answered_before_cancel = 0  # lines a cancelled job still answered
+        self._unlisted: dict[str, int] = {}
 
     def enqueue(self, method: str, *errors: Exception) -> None:
         self._errors[method].extend(errors)
@@ -37,14 +45,32 @@ class FakeBackend:
         if self._errors[method]:
             raise self._errors[method].pop(0)
 
+    def _expires(self, ttl_s: float) -> str:
+        return (self.clock.now() + timedelta(seconds=ttl_s)).isoformat()
+
+    def _file(self, name: str) -> UploadedFile:
+        return UploadedFile(
+            name=name, uri=f"https://fake/{name}", expire_time=self._expires(48 * 3600)
+        )
+
     def count(self, method: str) -> int:
         return sum(1 for m, _ in self.history if m == method)
 
-    def upload_jsonl(self, path: Path, *, display_name: str) -> str:
+    def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
         self._call("upload", display_name)
         name = f"files/f{next(self._ids)}"
         self.files[name] = path.read_text().splitlines()
-        return name
+        return UploadedFile(
+            name=name, uri=f"https://fake/{name}", expire_time=self._expires(48 * 3600)
+        )
+
+    def file_exists(self, name: str) -> bool:
+        self._call("file_exists", name)
+        return name in self.files
+
+    def delete_file(self, name: str) -> None:
+        self._call("delete_file", name)
+        self.files.pop(name, None)
 
     def create_job(
         self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
@@ -57,11 +83,12 @@ class FakeBackend:
             else (inline.read_text().splitlines() if inline else [])
         )
         self.inputs[name] = lines
+        self._unlisted[name] = self.list_lag
         self.jobs[name] = RemoteJob(
             name=name,
             display_name=display_name,
-            state=JobState.SUCCEEDED,
-            result_file=f"files/batch-{name[8:]}",
+            state=JobState.PENDING if self.hold else JobState.SUCCEEDED,
+            result_file=None if self.hold else f"files/batch-{name[8:]}",
             request_count=len(lines),
         )
         if self._errors["create_lost"]:
@@ -70,7 +97,19 @@ class FakeBackend:
 
     def list_jobs(self, *, max_pages: int | None = None) -> Iterator[RemoteJob]:
         self._call("list")
-        yield from reversed(list(self.jobs.values()))
+        for job in reversed(list(self.jobs.values())):
+            if self._unlisted.get(job.name, 0) > 0:
+                self._unlisted[job.name] -= 1
+                continue
+            yield job
+
+    def release(self) -> None:
+        """Every held job succeeds now."""
+        for name, job in self.jobs.items():
+            if job.state is JobState.PENDING:
+                self.jobs[name] = replace(
+                    job, state=JobState.SUCCEEDED, result_file=f"files/batch-{name[8:]}"
+                )
 
     def get_job(self, name: str) -> RemoteJob:
         self._call("get", name)
@@ -78,11 +117,18 @@ class FakeBackend:
 
     def cancel_job(self, name: str) -> None:
         self._call("cancel", name)
+        job = self.jobs[name]
+        if not job.state.terminal:
+            partial = f"files/batch-{name[8:]}" if self.answered_before_cancel else None
+            self.jobs[name] = replace(job, state=JobState.CANCELLED, result_file=partial)
 
     def download_results(self, job: RemoteJob, dest: Path) -> None:
         self._call("download", job.name)
+        lines = self.inputs[job.name]
+        if self.jobs[job.name].state is JobState.CANCELLED:
+            lines = lines[: self.answered_before_cancel]
         with dest.open("w") as out:
-            for line in self.inputs[job.name]:
+            for line in lines:
                 entry = json.loads(line)
                 text = entry["request"]["contents"][-1]["parts"][0]["text"]
                 out.write(json.dumps({"key": entry["key"], "response": _answer(text)}) + "\n")
@@ -95,7 +141,7 @@ class FakeBackend:
         self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
     ) -> tuple[str, str]:
         self._call("create_cache", display_name)
-        return f"cachedContents/{next(self._ids)}", _expires(ttl_s)
+        return f"cachedContents/{next(self._ids)}", self._expires(ttl_s)
 
     def find_cache(self, display_name: str) -> tuple[str, str] | None:
         self._call("find_cache", display_name)
@@ -103,18 +149,17 @@ class FakeBackend:
 
     def extend_cache(self, name: str, *, ttl_s: float) -> str:
         self._call("extend_cache", name)
-        return _expires(ttl_s)
+        return self._expires(ttl_s)
 
     def delete_cache(self, name: str) -> None:
         self._call("delete_cache", name)
 
-    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> tuple[str, str]:
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
         self._call("upload_media", str(path))
-        return f"https://fake/files/{next(self._ids)}", _expires(48 * 3600)
-
-
-def _expires(ttl_s: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=ttl_s)).isoformat()
+        name = f"files/m{next(self._ids)}"
+        return UploadedFile(
+            name=name, uri=f"https://fake/{name}", expire_time=self._expires(48 * 3600)
+        )
 
 
 def _answer(text: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -28,6 +28,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from runner.core.jobs import JobState, RemoteJob
+from runner.core.ports import UploadedFile
 from runner.errors import (
     BackendError,
     PermanentBackendError,
@@ -65,31 +66,52 @@ class GeminiBackend:
         self.api_errors: Counter[str] = Counter()  # read by the metrics endpoint
 
     # -- files -------------------------------------------------------------------------------
-    def upload_jsonl(self, path: Path, *, display_name: str) -> str:
-        def upload() -> str:
-            uploaded = self._client.files.upload(
-                file=str(path),
-                config=types.UploadFileConfig(mime_type=JSONL_MIME, display_name=display_name),
-            )
-            if not uploaded.name:
-                raise PermanentBackendError("upload returned a file without a name")
-            return uploaded.name
+    def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
+        return self._upload(path, mime_type=JSONL_MIME, display_name=display_name)
 
-        return self._read(upload, what=f"upload {path.name}")
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
+        """Upload a media file; returned once the service has it ACTIVE (videos process)."""
+        return self._upload(path, mime_type=mime_type, display_name=display_name)
 
-    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> tuple[str, str]:
-        """Upload a media file; its uri and expiration time (RFC 3339)."""
-
-        def upload() -> tuple[str, str]:
+    def _upload(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
+        def upload() -> UploadedFile:
             uploaded = self._client.files.upload(
                 file=str(path),
                 config=types.UploadFileConfig(mime_type=mime_type, display_name=display_name),
             )
-            if not uploaded.uri:
-                raise PermanentBackendError("upload returned a file without a uri")
-            return uploaded.uri, _rfc3339(uploaded.expiration_time)
+            if not uploaded.name:
+                raise PermanentBackendError("upload returned a file without a name")
+            return UploadedFile(
+                name=uploaded.name,
+                uri=uploaded.uri or "",
+                # the File's own expirationTime: uploads live 48 h from upload, not from use
+                expire_time=_rfc3339(uploaded.expiration_time or _in_48h()),
+                size=int(uploaded.size_bytes or path.stat().st_size),
+            )
 
         return self._read(upload, what=f"upload {path.name}")
+
+    def file_exists(self, name: str) -> bool:
+        def get() -> bool:
+            try:
+                self._client.files.get(name=name)
+            except genai_errors.APIError as exc:
+                if exc.code == 404:
+                    return False
+                raise
+            return True
+
+        return self._read(get, what=f"get {name}")
+
+    def delete_file(self, name: str) -> None:
+        def delete() -> None:
+            try:
+                self._client.files.delete(name=name)
+            except genai_errors.APIError as exc:
+                if exc.code != 404:  # already gone is what we wanted
+                    raise
+
+        self._read(delete, what=f"delete {name}")
 
     # -- batches -----------------------------------------------------------------------------
     def create_job(
@@ -264,6 +286,10 @@ def _translate(exc: Exception, what: str) -> BackendError:
     if isinstance(exc, httpx2.TransportError | OSError):
         return TransientBackendError(f"{what}: {type(exc).__name__}: {exc}", delay=2.0)
     raise exc
+
+
+def _in_48h() -> datetime:
+    return datetime.now(UTC) + timedelta(hours=48)
 
 
 def _rfc3339(moment: datetime | None) -> str:

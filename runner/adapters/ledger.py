@@ -321,19 +321,40 @@ def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def failed_job_lines(*, job_requests: Path, message: str, status: str, out: Path) -> None:
-    """Result lines for a job that produced none (FAILED, EXPIRED, CANCELLED): one error each."""
+def complete_with_errors(
+    *, job_requests: Path, result_file: Path, message: str, status: str
+) -> None:
+    """Make ``result_file`` hold a line for every key of a job that ended without success.
+
+    The lines the job did produce (answers given before a cancel or failure, which were paid
+    for) are kept; every requested key without a line gets one error line saying how the job
+    ended, which the ledger counts as a retryable failure.
+    """
     con = shared_memory()
     error = json.dumps({"code": 0, "message": message, "status": status})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    have = result_file.exists() and result_file.stat().st_size > 0
+    produced = (
+        f"select key, response, error from read_json({literal(str(result_file))}, "
+        "format='newline_delimited', columns={'key': 'VARCHAR', 'response': 'JSON', "
+        "'error': 'JSON'}, ignore_errors=true) where key is not null"
+        if have
+        else "select ''::varchar as key, null::json as response, null::json as error where false"
+    )
+    partial = result_file.with_name(result_file.name + ".part")
     con.execute(
-        f"copy (select key, {literal(error)}::json as error "
-        f"from read_parquet({literal(str(job_requests))})) "
-        f"to {literal(str(partial))} (format json)"
+        f"""
+        copy (
+            select key, response, error from ({produced})
+            union all
+            select r.key, null::json, {literal(error)}::json
+            from read_parquet({literal(str(job_requests))}) r
+            where r.key not in (select key from ({produced}))
+        ) to {literal(str(partial))} (format json)
+        """
     )
     con.close()
-    os.replace(partial, out)
+    os.replace(partial, result_file)
 
 
 def store_answers(*, job_requests: Path, result_file: Path, out: Path) -> None:

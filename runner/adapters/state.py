@@ -16,13 +16,25 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.core.clock import Clock, SystemClock, parse_time, stamp
+from runner.core.lifecycle import LIVE_PHASES, JobFacts, Phase, check_move
 from runner.errors import LockedError, StoreError
 
-MIGRATIONS = (
+# Ordered, named migrations (llm's pattern): each applied one is recorded by name, so adding
+# one is appending a (name, script) pair. Never edit or reorder an applied one.
+MIGRATIONS: list[tuple[str, str]] = []
+
+
+def migration(name: str, script: str) -> None:
+    MIGRATIONS.append((name, script))
+
+
+migration(
+    "manifests-jobs-events",
     """
     create table manifests (
         name text primary key,
@@ -71,18 +83,30 @@ MIGRATIONS = (
         message text not null
     );
     """,
+)
+migration(
+    "manifest-policy",
     """
     alter table manifests add column policy text not null default '{}';
     """,
+)
+migration(
+    "job-tokens",
     """
     alter table jobs add column prompt_tokens integer not null default 0;
     alter table jobs add column output_tokens integer not null default 0;
     """,
+)
+migration(
+    "job-kind-submitted-estimate",
     """
     alter table jobs add column kind text not null default 'batch';
     alter table jobs add column submitted_at text;
     alter table jobs add column input_tokens_est integer not null default 0;
     """,
+)
+migration(
+    "caches",
     """
     create table caches (
         name text primary key,
@@ -96,6 +120,9 @@ MIGRATIONS = (
     create index caches_by_digest on caches (manifest, digest);
     alter table jobs add column cache_digest text;
     """,
+)
+migration(
+    "media",
     """
     create table media (
         sha256 text primary key,
@@ -105,17 +132,28 @@ MIGRATIONS = (
     );
     """,
 )
+migration(
+    "job-lifecycle-times",
+    """
+    alter table jobs add column input_expires text;
+    alter table jobs add column lookup_since text;
+    alter table jobs add column cancel_reason text;
+    alter table media add column name text;
+    alter table media add column size integer not null default 0;
+    alter table media add column deleted_at text;
+    create table invalid_files (
+        path text primary key,
+        error text not null,
+        at text not null
+    );
+    """,
+)
 
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
 JOB_KINDS = ("batch", "reuse")
 
-# Local progress of a job, in order. Terminal phases: ingested, abandoned.
-PHASES = ("planned", "uploaded", "submitting", "submitted", "downloaded", "ingested", "abandoned")
-LIVE_PHASES = ("planned", "uploaded", "submitting", "submitted", "downloaded")
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+# The first six migrations were once recorded by their position; their names, in order.
+_NUMBERED = {number: name for number, (name, _) in enumerate(MIGRATIONS[:6], start=1)}
 
 
 @dataclass(frozen=True)
@@ -130,7 +168,7 @@ class JobRow:
     request_file: str
     requests: int
     bytes: int
-    phase: str
+    phase: Phase
     remote_name: str | None
     remote_state: str | None
     input_file: str | None
@@ -147,6 +185,28 @@ class JobRow:
     submitted_at: str | None
     input_tokens_est: int
     cache_digest: str | None
+    input_expires: str | None
+    lookup_since: str | None
+    cancel_reason: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phase", Phase(self.phase))
+
+    def facts(self) -> JobFacts:
+        """What the lifecycle's ``step`` reads of this job."""
+        return JobFacts(
+            phase=self.phase,
+            inline=bool(self.inline),
+            input_file=self.input_file,
+            input_expires=_time(self.input_expires),
+            submitted_at=_time(self.submitted_at),
+            lookup_since=_time(self.lookup_since),
+            cancel_reason=self.cancel_reason,
+        )
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_time(text) if text else None
 
 
 @dataclass(frozen=True)
@@ -183,33 +243,89 @@ _MANIFEST_COLUMNS = ", ".join(f.name for f in fields(ManifestRow))
 
 
 class StateStore:
-    """Bookkeeping in ``<state_dir>/state.sqlite``; short transactions, many readers."""
+    """Bookkeeping in ``<state_dir>/state.sqlite``; short transactions, many readers.
 
-    def __init__(self, path: Path) -> None:
+    Opening checks the file: a state that has recorded work before (its directory holds
+    answers or ledgers) but whose database is empty, or fails SQLite's integrity check, is
+    refused (StoreError, exit 4) rather than taken for a fresh start, which would forget
+    every job and the spend a cost cap counts. A copy is kept before each migration.
+    """
+
+    def __init__(self, path: Path, *, clock: Clock | None = None) -> None:
         self.path = path
+        self.clock = clock or SystemClock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_not_lost(path)
         try:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self._db.execute("pragma journal_mode=wal")
             self._db.execute("pragma synchronous=full")
+            self._check_integrity()
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"state database {path}: {exc}") from exc
+            raise StoreError(
+                f"state database {path} is unreadable ({exc}); restore it from a backup "
+                f"({path.name}.before-*) or move the state directory aside"
+            ) from exc
+
+    def now(self) -> str:
+        return stamp(self.clock.now())
 
     def close(self) -> None:
         self._db.close()
 
+    @staticmethod
+    def _check_not_lost(path: Path) -> None:
+        """Refuse an emptied database in a state directory that has done work before."""
+        empty = not path.exists() or path.stat().st_size == 0
+        worked = any(
+            (path.parent / sub).is_dir() and any((path.parent / sub).iterdir())
+            for sub in ("answers", "ledger")
+        )
+        if empty and worked:
+            raise StoreError(
+                f"state database {path} is missing or empty, but {path.parent} holds answers "
+                "and ledgers of earlier work: refusing to start from nothing (the recorded "
+                f"jobs and spend would be forgotten). Restore {path.name} from a backup "
+                f"({path.name}.before-*) or move the state directory aside."
+            )
+
+    def _check_integrity(self) -> None:
+        row = self._db.execute("pragma quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {row[0] if row else '?'}")
+
     def _migrate(self) -> None:
-        self._db.execute("create table if not exists migrations (id integer primary key, at text)")
-        done = {row[0] for row in self._db.execute("select id from migrations")}
-        for number, script in enumerate(MIGRATIONS, start=1):
-            if number in done:
-                continue
+        """Apply the migrations not yet recorded, in order, each in its own transaction."""
+        db = self._db
+        db.execute("create table if not exists applied_migrations (name text primary key, at)")
+        done = {str(row[0]) for row in db.execute("select name from applied_migrations")}
+        legacy = db.execute(
+            "select 1 from sqlite_master where type = 'table' and name = 'migrations'"
+        ).fetchone()
+        if legacy and not done:  # recorded by position before migrations had names
+            for number, at in db.execute("select id, at from migrations").fetchall():
+                if number in _NUMBERED:
+                    db.execute(
+                        "insert into applied_migrations values (?, ?)", (_NUMBERED[number], at)
+                    )
+            done = {str(row[0]) for row in db.execute("select name from applied_migrations")}
+        pending = [(name, script) for name, script in MIGRATIONS if name not in done]
+        if pending and done:
+            self._backup(f"{self.path.name}.before-{pending[0][0]}")
+        for name, script in pending:
             with self.transaction():
                 for statement in script.split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute("insert into migrations values (?, ?)", (number, now()))
+                        db.execute(statement)
+                db.execute("insert into applied_migrations values (?, ?)", (name, self.now()))
+
+    def _backup(self, name: str) -> None:
+        target = sqlite3.connect(self.path.with_name(name))
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -226,7 +342,7 @@ class StateStore:
 
     # -- manifests ---------------------------------------------------------------------------
     def upsert_manifest(self, **values: Any) -> None:
-        values.setdefault("updated_at", now())
+        values.setdefault("updated_at", self.now())
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "name")
@@ -238,7 +354,7 @@ class StateStore:
             )
 
     def update_manifest(self, name: str, **values: Any) -> None:
-        values["updated_at"] = now()
+        values["updated_at"] = self.now()
         assignments = ", ".join(f"{c} = ?" for c in values)
         with self.transaction() as db:
             db.execute(
@@ -258,10 +374,10 @@ class StateStore:
     # -- jobs --------------------------------------------------------------------------------
     def add_jobs(self, jobs: list[dict[str, Any]]) -> None:
         """Record intents (phase ``planned``) in one transaction; known intents are kept."""
-        stamp = now()
+        at = self.now()
         with self.transaction() as db:
             for job in jobs:
-                values = {**job, "phase": "planned", "created_at": stamp, "updated_at": stamp}
+                values = {**job, "phase": Phase.PLANNED.value, "created_at": at, "updated_at": at}
                 columns = ", ".join(values)
                 marks = ", ".join("?" for _ in values)
                 db.execute(
@@ -270,10 +386,25 @@ class StateStore:
                 )
 
     def update_job(self, job_id: int, **values: Any) -> None:
-        values["updated_at"] = now()
-        assignments = ", ".join(f"{c} = ?" for c in values)
+        """Record facts about a job; its phase moves only through :meth:`transition`."""
+        if "phase" in values:
+            raise ValueError("a job's phase changes through StateStore.transition")
+        self._set_job(self._db, job_id, values)
+
+    def transition(self, job_id: int, to: Phase, **values: Any) -> JobRow:
+        """Move a job to phase ``to`` (a legal move of the lifecycle) with ``values``, at once."""
         with self.transaction() as db:
-            db.execute(f"update jobs set {assignments} where id = ?", (*values.values(), job_id))
+            row = db.execute("select phase from jobs where id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no job {job_id}")
+            check_move(Phase(row[0]), to)
+            self._set_job(db, job_id, {**values, "phase": to.value})
+        return self.job(job_id)
+
+    def _set_job(self, db: sqlite3.Connection, job_id: int, values: dict[str, Any]) -> None:
+        values = {**values, "updated_at": self.now()}
+        assignments = ", ".join(f"{c} = ?" for c in values)
+        db.execute(f"update jobs set {assignments} where id = ?", (*values.values(), job_id))
 
     def job(self, job_id: int) -> JobRow:
         row = self._db.execute(f"select {_JOB_COLUMNS} from jobs where id = ?", (job_id,))
@@ -290,7 +421,7 @@ class StateStore:
         if live is not None:
             marks = ", ".join("?" for _ in LIVE_PHASES)
             where.append(f"phase {'in' if live else 'not in'} ({marks})")
-            args.extend(LIVE_PHASES)
+            args.extend(p.value for p in LIVE_PHASES)
         clause = f"where {' and '.join(where)}" if where else ""
         rows = self._db.execute(f"select {_JOB_COLUMNS} from jobs {clause} order by id", args)
         return [JobRow(*row) for row in rows]
@@ -300,7 +431,7 @@ class StateStore:
         with self.transaction() as db:
             db.execute(
                 f"insert or replace into caches ({_CACHE_COLUMNS}) values (?, ?, ?, ?, ?, ?, null)",
-                (name, manifest, digest, model, expire, now()),
+                (name, manifest, digest, model, expire, self.now()),
             )
 
     def update_cache(self, name: str, **values: Any) -> None:
@@ -324,17 +455,54 @@ class StateStore:
 
     # -- media files -------------------------------------------------------------------------
     def media_file(self, sha256: str) -> tuple[str, str] | None:
-        """(uri, expire time) of the newest upload of this content, if any."""
+        """(uri, expire time) of the newest live upload of this content, if any."""
         row = self._db.execute(
-            "select uri, expire_time from media where sha256 = ?", (sha256,)
+            "select uri, expire_time from media where sha256 = ? and deleted_at is null",
+            (sha256,),
         ).fetchone()
         return (str(row[0]), str(row[1])) if row else None
 
-    def add_media_file(self, sha256: str, uri: str, expire: str) -> None:
+    def add_media_file(
+        self, sha256: str, uri: str, expire: str, *, name: str | None = None, size: int = 0
+    ) -> None:
         with self.transaction() as db:
             db.execute(
-                "insert or replace into media values (?, ?, ?, ?)", (sha256, uri, expire, now())
+                "insert or replace into media (sha256, uri, expire_time, uploaded_at, name, size) "
+                "values (?, ?, ?, ?, ?, ?)",
+                (sha256, uri, expire, self.now(), name, size),
             )
+
+    def media_files(self) -> list[tuple[str, str | None, int, str]]:
+        """(sha256, files/ name, size, expire time) of every upload not yet deleted."""
+        rows = self._db.execute(
+            "select sha256, name, size, expire_time from media where deleted_at is null"
+        )
+        return [(str(s), n, int(z), str(e)) for s, n, z, e in rows]
+
+    def media_deleted(self, sha256: str) -> None:
+        with self.transaction() as db:
+            db.execute("update media set deleted_at = ? where sha256 = ?", (self.now(), sha256))
+
+    # -- manifest files that do not validate ---------------------------------------------------
+    def set_invalid(self, path: str, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "insert into invalid_files values (?, ?, ?) on conflict(path) do update set "
+                "error = excluded.error, at = excluded.at",
+                (path, error, self.now()),
+            )
+
+    def clear_invalid(self, paths: set[str] | None = None, *, keep: set[str] | None = None) -> None:
+        """Forget invalid files: those in ``paths``, or all but ``keep`` under a resync."""
+        with self.transaction() as db:
+            for (path,) in db.execute("select path from invalid_files").fetchall():
+                if (paths is not None and path in paths) or (keep is not None and path not in keep):
+                    db.execute("delete from invalid_files where path = ?", (path,))
+
+    def invalid_files(self) -> list[tuple[str, str, str]]:
+        """(path, error, since) of every manifest file that does not validate now."""
+        rows = self._db.execute("select path, error, at from invalid_files order by path")
+        return [(str(p), str(e), str(a)) for p, e, a in rows]
 
     # -- events ------------------------------------------------------------------------------
     def event(
@@ -343,7 +511,7 @@ class StateStore:
         with self.transaction() as db:
             db.execute(
                 "insert into events (at, manifest, job, kind, message) values (?, ?, ?, ?, ?)",
-                (now(), manifest, job, kind, message),
+                (self.now(), manifest, job, kind, message),
             )
 
     def summary(self) -> dict[str, list[tuple[Any, ...]]]:
@@ -390,7 +558,7 @@ class ProcessLock:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "since": now()}))
+        handle.write(json.dumps({"pid": os.getpid(), "since": stamp(SystemClock().now())}))
         handle.flush()
         self._file = handle
 

@@ -1,7 +1,7 @@
 """The ``gbatch`` command: parse arguments, wire settings to adapters and engine, print.
 
 ``main(argv)`` is the programmatic entry point (tests call it); it is also the one place
-where gbatch errors become exit codes (see EXIT_CODES). Commands live in ``commands``.
+where gbatch errors become exit codes (``runner.cli.exits``). Commands live in ``commands``.
 """
 
 from __future__ import annotations
@@ -14,30 +14,9 @@ from pathlib import Path
 
 from runner import __version__
 from runner.cli import commands
+from runner.cli.exits import exit_code
 from runner.cli.logs import setup_logging
-from runner.errors import (
-    BackendError,
-    GbatchError,
-    LockedError,
-    ManifestError,
-    StoreBusyError,
-    StoreError,
-)
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran, but work failed (jobs failed, rows failed, blocked)
-EXIT_USAGE = 2  # bad arguments or bad manifests
-EXIT_BACKEND = 3
-EXIT_STORE = 4
-EXIT_LOCKED = 5
-
-EXIT_CODES: tuple[tuple[type[GbatchError], int], ...] = (
-    (ManifestError, EXIT_USAGE),
-    (BackendError, EXIT_BACKEND),
-    (StoreBusyError, EXIT_STORE),
-    (StoreError, EXIT_STORE),
-    (LockedError, EXIT_LOCKED),
-)
+from runner.errors import GbatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,10 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GbatchError as exc:
         logging.getLogger("gbatch").debug("failed", exc_info=True)
         print(f"gbatch {args.command}: {exc}", file=sys.stderr)
-        for kind, code in EXIT_CODES:
-            if isinstance(exc, kind):
-                return code
-        return EXIT_FAILED
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("gbatch: interrupted", file=sys.stderr)
         return 130

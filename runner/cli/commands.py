@@ -10,7 +10,6 @@ import json
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,19 +21,26 @@ from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.metrics import MetricsServer
 from runner.adapters.state import JobRow, ProcessLock, StateStore
 from runner.cli import render
+from runner.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from runner.core.clock import Clock, SystemClock
 from runner.core.durations import parse_duration
+from runner.core.lifecycle import TO_SUBMIT, Phase
 from runner.core.loader import LoadedManifest
 from runner.core.manifest import json_schema
 from runner.core.paths import confine
 from runner.core.pricing import load_prices
-from runner.engine import follow, reconcile, submit
+from runner.engine import cycle, lifecycle, reconcile
 from runner.engine.daemon import Daemon, DaemonOptions
 from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
-from runner.errors import GbatchError, ManifestErrors
+from runner.errors import (
+    GbatchError,
+    ManifestErrors,
+    PermanentBackendError,
+    TransientBackendError,
+)
 from runner.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_WAIT_ROUNDS = 20  # plan -> run -> ingest rounds in one apply --wait (retries need rounds)
 
 
@@ -44,8 +50,11 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 @contextmanager
-def runtime(settings: Settings, *, work_dir: Path | None = None) -> Iterator[Runtime]:
-    state = StateStore(settings.state_db)
+def runtime(
+    settings: Settings, *, work_dir: Path | None = None, clock: Clock | None = None
+) -> Iterator[Runtime]:
+    clock = clock or SystemClock()
+    state = StateStore(settings.state_db, clock=clock)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if not key:
         raise GbatchError(
@@ -66,6 +75,7 @@ def runtime(settings: Settings, *, work_dir: Path | None = None) -> Iterator[Run
             backend=backend,
             prices=load_prices(settings.prices_file),
             work_dir=work_dir or settings.state_dir,
+            clock=clock,
         )
     finally:
         state.close()
@@ -108,22 +118,26 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     loaded = _validated(args.paths)
     by_name = {item.manifest.name: item for item in loaded}
     with ProcessLock(settings.state_dir), runtime(settings) as rt:
-        progress = Progress(started=time.monotonic())
+        progress = Progress(started=rt.clock.monotonic(), clock=rt.clock)
         for round_number in range(MAX_WAIT_ROUNDS):
-            plans = [reconcile.apply_manifest(rt, item) for item in loaded]
-            report = submit.submit_pending(rt, manifests=set(by_name))
+            ingested_before = _ingested(rt)
+            report = cycle.tick(rt, by_name, apply=list(by_name), scope=set(by_name))
+            plans = list(report.plans.values())
+            if report.errors and not plans:
+                raise GbatchError("; ".join(report.errors.values()))
             if round_number == 0:
                 print(render.plan(plans))
             elif retrying := [p for p in plans if p.diff.submit_requests]:
                 print(f"retry round {round_number}:")
                 print(render.plan(retrying))
+            _raise_api_refusals(rt, by_name, report.submitted)
             if not args.wait:
+                sent = report.submitted
                 print(
-                    f"created {report.created} job(s), adopted {report.adopted}, "
-                    f"waiting {report.waiting}; `gbatch status` follows them"
+                    f"created {sent.created} job(s), adopted {sent.adopted}, "
+                    f"waiting {sent.waiting}; `gbatch status` follows them"
                 )
-                return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
-            ingested_before = _ingested(rt)
+                return EXIT_FAILED if report.errors or any(p.blocked for p in plans) else EXIT_OK
             waiting = any(p.diff.waiting for p in plans)  # on another manifest's live job
             _wait(rt, by_name, progress, everyone=waiting)
             more = waiting or any(p.diff.submit_requests and not p.blocked for p in plans)
@@ -131,30 +145,46 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
                 break  # done, or a round that finished nothing: retrying would not help
         print()
         print(render.status(rt.state.manifests(), rt.state.jobs()))
-        failed = any(j.phase == "abandoned" for j in rt.state.jobs() if j.manifest in by_name)
-        return EXIT_FAILED if failed or any(p.blocked for p in plans) else EXIT_OK
+        failed = any(j.phase is Phase.ABANDONED for j in rt.state.jobs() if j.manifest in by_name)
+        blocked = any(p.blocked for p in plans)
+        return EXIT_FAILED if failed or blocked or report.errors else EXIT_OK
+
+
+def _raise_api_refusals(
+    rt: Runtime, manifests: dict[str, LoadedManifest], sent: lifecycle.SubmitReport
+) -> None:
+    """Exit 3 when the API refused the work for good, or could not be reached at all and
+    nothing of these manifests is in flight (waiting would not help)."""
+    if sent.backend_errors:
+        raise PermanentBackendError(sent.backend_errors[0])
+    own = [j for j in rt.state.jobs(live=True) if j.manifest in manifests]
+    nothing_sent = sent.created + sent.adopted == 0
+    if sent.api_errors and nothing_sent and all(j.phase in TO_SUBMIT for j in own):
+        raise TransientBackendError(
+            f"{sent.api_errors[0]} (nothing was created; apply again once the API answers)"
+        )
 
 
 def _ingested(rt: Runtime) -> int:
-    return sum(1 for j in rt.state.jobs() if j.phase == "ingested")
+    return sum(1 for j in rt.state.jobs() if j.phase is Phase.INGESTED)
 
 
 def _wait(
     rt: Runtime, manifests: dict[str, LoadedManifest], progress: Progress, *, everyone: bool
 ) -> None:
-    """Poll until none of these manifests' jobs (``everyone``: no job at all) is live."""
+    """Tick until none of these manifests' jobs (``everyone``: no job at all) is live."""
+    scope = None if everyone else set(manifests)
     while True:
-        report = follow.follow_once(rt, manifests)
+        report = cycle.tick(rt, manifests, scope=scope)
         own = [j for j in rt.state.jobs() if everyone or j.manifest in manifests]
-        live = [j for j in own if j.phase not in ("ingested", "abandoned")]
+        live = [j for j in own if j.phase.live]
         progress.show(own, live)
         if not live:
             progress.end()
             return
-        if any(j.phase in ("planned", "uploaded", "submitting") for j in live):
-            submit.submit_pending(rt, manifests=None if everyone else set(manifests))
-        if report.ingested == 0:
-            time.sleep(rt.settings.poll_interval_s)
+        _raise_api_refusals(rt, manifests, report.submitted)
+        if report.ingested.ingested == 0:
+            rt.clock.sleep(rt.settings.poll_interval_s)
 
 
 @dataclass
@@ -162,6 +192,7 @@ class Progress:
     """One status line: rewritten in place on a terminal, printed on change otherwise."""
 
     started: float
+    clock: Clock
     last: str = ""
 
     def show(self, own: list[JobRow], live: list[JobRow]) -> None:
@@ -174,7 +205,7 @@ class Progress:
             f"jobs {done}/{len(own)} done ({states}) · requests {answered}/{requests} answered"
             f" · cost so far {render.money(cost)}"
         )
-        elapsed = int(time.monotonic() - self.started)
+        elapsed = int(self.clock.monotonic() - self.started)
         line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}"
         if sys.stderr.isatty():
             sys.stderr.write("\r" + line)

@@ -6,10 +6,21 @@ Adapters implement them (``runner.adapters.gemini.GeminiBackend``); tests may pa
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from runner.core.jobs import RemoteJob
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file the Files API holds for us: it is deleted by the service at ``expire_time``."""
+
+    name: str  # files/...
+    uri: str
+    expire_time: str  # RFC 3339, from the File's expirationTime
+    size: int = 0
 
 
 class Backend(Protocol):
@@ -20,12 +31,20 @@ class Backend(Protocol):
         """Errors seen so far, by HTTP code or status (for metrics)."""
         ...
 
-    def upload_jsonl(self, path: Path, *, display_name: str) -> str:
-        """Upload a request file; returns its ``files/...`` name."""
+    def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
+        """Upload a request file."""
         ...
 
-    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> tuple[str, str]:
-        """Upload a media file; (uri, expiration time)."""
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
+        """Upload a media file (used once it is ACTIVE)."""
+        ...
+
+    def file_exists(self, name: str) -> bool:
+        """Whether an uploaded file (``files/...``) still exists."""
+        ...
+
+    def delete_file(self, name: str) -> None:
+        """Delete an uploaded file; one already gone is not an error."""
         ...
 
     def create_job(

@@ -317,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
         stored = service.file(file_id)
         with service.lock:
             service.files.pop(stored.id, None)
-        stored.path.unlink(missing_ok=True)
+            service.deleted[stored.id] = stored
         return {}
 
     def _files_download(self, file_id: str, *, fault: Fault | None, **_: Any) -> Any:

@@ -139,6 +139,8 @@ class Service:
         self.offset = 0.0
         self.lock = threading.RLock()
         self.files: dict[str, StoredFile] = {}
+        # Files the client deleted, kept (content included) so tests can see what was sent.
+        self.deleted: dict[str, StoredFile] = {}
         self.uploads: dict[str, Upload] = {}
         self.batches: dict[str, Batch] = {}
         self.caches: dict[str, Cache] = {}

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from runner.adapters import sources
 from runner.core.caching import body_chars, cache_body, cache_digest, min_cache_tokens
+from runner.core.clock import parse_time
 from runner.core.durations import parse_duration
 from runner.core.loader import LoadedManifest
 from runner.engine.runtime import Runtime, log
@@ -82,15 +82,15 @@ def _body_path(rt: Runtime, manifest: str, digest: str) -> Path:
     return rt.settings.state_dir / "caches" / manifest / f"{digest}.json"
 
 
-def _seconds_left(expire_time: str) -> float:
-    return (datetime.fromisoformat(expire_time) - datetime.now(UTC)).total_seconds()
+def _seconds_left(rt: Runtime, expire_time: str) -> float:
+    return (parse_time(expire_time) - rt.clock.now()).total_seconds()
 
 
 def name_for(rt: Runtime, manifest: str, digest: str) -> str:
     """The live cache for this manifest's cache digest, created now if there is none."""
     saved = json.loads(_body_path(rt, manifest, digest).read_text())
     for row in rt.state.caches(manifest=manifest, digest=digest):
-        if _seconds_left(row.expire_time) > saved["ttl_s"] / 4:
+        if _seconds_left(rt, row.expire_time) > saved["ttl_s"] / 4:
             return row.name
     display = f"gbatch-{manifest}-{digest[:16]}"
     try:
@@ -121,7 +121,7 @@ def maintain(rt: Runtime) -> None:
                 _extend_if_due(rt, row.name, row.manifest, row.digest, row.expire_time)
             else:
                 rt.backend.delete_cache(row.name)
-                rt.state.update_cache(row.name, deleted_at=datetime.now(UTC).isoformat())
+                rt.state.update_cache(row.name, deleted_at=rt.state.now())
                 message = f"deleted {row.name}: no job needs it"
                 rt.state.event("cache", message, manifest=row.manifest)
                 log.info("%s: cache %s", row.manifest, message)
@@ -131,7 +131,7 @@ def maintain(rt: Runtime) -> None:
 
 def _extend_if_due(rt: Runtime, name: str, manifest: str, digest: str, expire_time: str) -> None:
     ttl_s = json.loads(_body_path(rt, manifest, digest).read_text())["ttl_s"]
-    if _seconds_left(expire_time) < ttl_s / 2:
+    if _seconds_left(rt, expire_time) < ttl_s / 2:
         expire = rt.backend.extend_cache(name, ttl_s=ttl_s)
         rt.state.update_cache(name, expire_time=expire)
         rt.state.event("cache", f"extended {name} to {expire}", manifest=manifest)

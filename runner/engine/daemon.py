@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,10 @@ from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
-from runner.engine import follow, reconcile, submit
+from runner.engine import cycle, lifecycle, reconcile
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import check_data
-from runner.errors import BackendError, GbatchError, ManifestError
+from runner.errors import GbatchError, ManifestError
 
 EXIT_OK, EXIT_DEAD = 0, 1
 
@@ -61,17 +60,20 @@ class Daemon:
     _applied: dict[str, Fingerprint | None] = field(default_factory=dict)
     _waiting: set[str] = field(default_factory=set)  # on another manifest's identical request
     observe_reconcile: Callable[[float], None] = lambda seconds: None  # for metrics
-    _beat: float = field(default_factory=time.monotonic)
+    _beat: float | None = None
     _watcher: ManifestWatcher | None = None
+    _cycle_error: str | None = None  # the last cycle's unexpected failure, for health
 
     def health_problems(self) -> list[str]:
         """What is wrong with this daemon, for the health endpoint (any thread may ask)."""
         problems = []
         if self._watcher is not None and not self._watcher.is_alive():
             problems.append("the file watcher is dead")
-        idle = time.monotonic() - self._beat
+        idle = self.rt.clock.monotonic() - (self._beat or self.rt.clock.monotonic())
         if idle > self.options.stale_after_s:
             problems.append(f"the reconcile loop has not turned for {idle:.0f}s")
+        if self._cycle_error:
+            problems.append(f"the last cycle failed: {self._cycle_error}")
         if self.stop.is_set():
             problems.append("stopping")
         return problems
@@ -90,11 +92,12 @@ class Daemon:
         next_poll = 0.0
         try:
             while not self.stop.is_set():
-                self._beat = time.monotonic()
+                clock = self.rt.clock
+                self._beat = clock.monotonic()
                 if watcher is not None and not watcher.is_alive():
                     log.error("the file watcher died; stopping (a restart resumes all work)")
                     return EXIT_DEAD
-                now = time.monotonic()
+                now = clock.monotonic()
                 self._drain(debouncer, now)
                 changed = debouncer.ready(now)
                 full = now >= next_resync
@@ -102,14 +105,20 @@ class Daemon:
                     full = self._sync_git() or full
                     next_git = now + self.options.git_interval_s
                 settling = self._settle_deadline()
-                if full or changed or (settling is not None and now >= settling):
-                    self.reconcile(None if full else changed)
-                    self.observe_reconcile(time.monotonic() - now)
-                    if full:
-                        next_resync = now + self.options.resync_s
-                if full or changed or now >= next_poll:
-                    self._follow()
-                    next_poll = time.monotonic() + self.rt.settings.poll_interval_s
+                try:
+                    if full or changed or (settling is not None and now >= settling):
+                        self.reconcile(None if full else changed)
+                        self.observe_reconcile(clock.monotonic() - now)
+                        if full:
+                            next_resync = now + self.options.resync_s
+                    if full or changed or now >= next_poll:
+                        self._follow()
+                        next_poll = clock.monotonic() + self.rt.settings.poll_interval_s
+                    self._cycle_error = None
+                except Exception as exc:  # the daemon outlives any one bad cycle
+                    self._cycle_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("cycle failed: %s (trying again)", self._cycle_error)
+                    next_poll = clock.monotonic() + self.rt.settings.poll_interval_s
                 deadlines = [
                     next_resync,
                     next_poll,
@@ -138,12 +147,12 @@ class Daemon:
 
     def _wait_until(self, deadline: float, debouncer: Debouncer) -> None:
         """Sleep until the deadline, an event or stop; events wake us to start debouncing."""
-        timeout = max(0.0, deadline - time.monotonic())
+        timeout = max(0.0, deadline - self.rt.clock.monotonic())
         try:
             path = self._events.get(timeout=min(timeout, 1.0))
         except queue.Empty:
             return
-        debouncer.add(path, time.monotonic())
+        debouncer.add(path, self.rt.clock.monotonic())
 
     def _sync_git(self) -> bool:
         """Fetch; True when a new commit is checked out (then everything is reconciled)."""
@@ -175,6 +184,9 @@ class Daemon:
         touches_data = changed is None or any(p.suffix not in (".yaml", ".yml") for p in changed)
         for error in errors:
             self._invalid(error)
+        if changed is None:  # a resync knows every invalid file there is now
+            self.rt.state.clear_invalid(keep={str(e.location.path) for e in errors if e.location})
+        to_apply = []
         for name, item in by_name.items():
             forced = again is not None and name in again
             if not forced and not touches_data and changed is not None and item.path not in changed:
@@ -183,30 +195,28 @@ class Daemon:
             fingerprint = _fingerprint(item)
             if not forced and self._unchanged(name, fingerprint):
                 self.known[name] = item
+                self.rt.state.clear_invalid({str(item.path)})
                 continue
             problem = check_data(item)
             if problem is not None:
                 self._invalid(problem)
                 continue
-            try:
-                plan = reconcile.apply_manifest(self.rt, item)
-                self.known[name] = item
-                self._applied[name] = fingerprint
-                if plan.diff.waiting:
-                    self._waiting.add(name)
-                else:
-                    self._waiting.discard(name)
-            except ManifestError as exc:
-                self._invalid(exc)
-            except GbatchError as exc:
-                log.error("%s: %s", name, exc)
-                self.rt.state.update_manifest(name, last_error=str(exc))
+            self.rt.state.clear_invalid({str(item.path)})
+            self.known[name] = item
+            to_apply.append((name, fingerprint))
+        plans, _ = cycle.apply_all(self.rt, self.known, [name for name, _ in to_apply])
+        for name, fingerprint in to_apply:
+            plan = plans.get(name)
+            if plan is None:
+                continue  # its error is recorded on the manifest; the next resync tries again
+            self._applied[name] = fingerprint
+            if plan.diff.waiting:
+                self._waiting.add(name)
+            else:
+                self._waiting.discard(name)
         if again is None:
             self._deletions(by_name, seen_files)
-        try:
-            submit.submit_pending(self.rt)
-        except BackendError as exc:
-            log.warning("submit: %s", exc)
+        lifecycle.submit_pending(self.rt)
 
     def _unchanged(self, name: str, fingerprint: Fingerprint | None) -> bool:
         """Applied before with the same content and inputs, and nothing since went wrong."""
@@ -219,6 +229,8 @@ class Daemon:
         """Keep the last good version running; show the error on the manifests of that file."""
         log.error("%s", error)
         path = str(error.location.path) if error.location else None
+        if path is not None:
+            self.rt.state.set_invalid(path, str(error))
         for row in self.rt.state.manifests():
             if path is not None and row.path == path and row.status != "removed":
                 self.rt.state.update_manifest(row.name, status="invalid", last_error=str(error))
@@ -236,7 +248,7 @@ class Daemon:
             if name in present:
                 log.info("%s: back again", name)
                 del self._missing[name]
-        now = time.monotonic()
+        now = self.rt.clock.monotonic()
         for row in gone:
             self._missing.setdefault(row.name, _Missing(since=now))
         guard = (
@@ -263,16 +275,11 @@ class Daemon:
             del self._missing[row.name]
 
     def _follow(self) -> None:
-        """Poll and ingest; then apply again the manifests with failed lines (retries) and,
-        when anything was ingested, those waiting on another manifest's identical request."""
-        try:
-            report = follow.follow_once(self.rt, self.known)
-            submit.submit_pending(self.rt)
-        except BackendError as exc:
-            log.warning("follow: %s", exc)
-            return
+        """One cycle for the jobs; then apply again the manifests with failed lines (retries)
+        and, when anything was ingested, those waiting on another manifest's identical request."""
+        report = cycle.tick(self.rt, self.known)
         again = set(report.failed_lines)
-        if report.ingested:
+        if report.ingested.ingested:
             again |= self._waiting  # their identical requests may have been answered now
         if again:
             self.reconcile(set(), again=again)

@@ -15,8 +15,10 @@ from pathlib import Path
 from runner import crashpoints
 from runner.adapters import ledger, results, sources
 from runner.adapters.state import JobRow
+from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
-from runner.engine import caching
+from runner.engine import caching, lifecycle
+from runner.engine.lifecycle import result_path
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import locate
 from runner.errors import BackendError, ManifestError, StoreBusyError
@@ -271,7 +273,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
     if plan.diff.reused:
         _reuse(rt, plan, loaded.digest)
     for job in rt.state.jobs(manifest=plan.name, live=True):
-        if job.kind == "reuse" and job.phase == "planned":
+        if job.kind == "reuse" and job.phase is Phase.PLANNED:
             materialize_reuse(rt, job)
     return plan
 
@@ -317,12 +319,7 @@ def materialize_reuse(rt: Runtime, job: JobRow) -> None:
         answers=sorted(rt.answers_dir().glob("*.parquet")),
         out=result_path(rt, job),
     )
-    rt.state.update_job(job.id, phase="downloaded", remote_state="reused")
-
-
-def result_path(rt: Runtime, job: JobRow) -> Path:
-    """Where a finished job's result lines wait to be ingested."""
-    return rt.results_dir() / f"{job.id}.jsonl"
+    rt.state.transition(job.id, Phase.DOWNLOADED, remote_state="reused")
 
 
 def show_current(rt: Runtime, name: str, table: str, desired: Path) -> bool:
@@ -363,10 +360,10 @@ def _retire_old_version(rt: Runtime, name: str, *, keep: str, cancel: bool) -> N
     for job in rt.state.jobs(manifest=name, live=True):
         if job.digest == keep:
             continue
-        if job.phase in ("planned", "uploaded"):
-            rt.state.update_job(job.id, phase="abandoned", error="superseded by a new version")
-        elif cancel and job.phase == "submitted" and job.remote_name:
-            _cancel(rt, job.id, job.remote_name, job.manifest, "policy.on_change: cancel")
+        if job.phase in (Phase.PLANNED, Phase.UPLOADED):
+            rt.state.transition(job.id, Phase.ABANDONED, error="superseded by a new version")
+        elif cancel:
+            lifecycle.cancel(rt, job, "policy.on_change: cancel")
 
 
 def remove_manifest(rt: Runtime, name: str) -> None:
@@ -376,21 +373,12 @@ def remove_manifest(rt: Runtime, name: str) -> None:
         return
     on_delete = json.loads(row.policy or "{}").get("on_delete", "keep")
     for job in rt.state.jobs(manifest=name, live=True):
-        if job.phase in ("planned", "uploaded"):
-            rt.state.update_job(job.id, phase="abandoned", error="manifest removed")
-        elif on_delete == "cancel" and job.phase == "submitted" and job.remote_name:
-            _cancel(rt, job.id, job.remote_name, name, "policy.on_delete: cancel")
+        if job.phase in (Phase.PLANNED, Phase.UPLOADED):
+            rt.state.transition(job.id, Phase.ABANDONED, error="manifest removed")
+        elif on_delete == "cancel":
+            lifecycle.cancel(rt, job, "policy.on_delete: cancel")
     rt.state.update_manifest(name, status="removed", last_error=None)
     rt.state.event(
         "removed", f"manifest removed (on_delete: {on_delete}); results kept", manifest=name
     )
     log.info("%s: removed (on_delete: %s); results kept", name, on_delete)
-
-
-def _cancel(rt: Runtime, job_id: int, remote: str, manifest: str, why: str) -> None:
-    try:
-        rt.backend.cancel_job(remote)
-    except BackendError as exc:
-        log.warning("%s: cancel %s failed: %s", manifest, remote, exc)
-        return
-    rt.state.event("cancelled", f"{remote}: {why}", manifest=manifest, job=job_id)

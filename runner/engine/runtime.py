@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.adapters.state import StateStore
+from runner.core.clock import Clock, SystemClock
 from runner.core.ports import Backend
 from runner.core.pricing import PriceTable
 from runner.settings import Settings
@@ -25,7 +26,20 @@ class Runtime:
     prices: PriceTable
     commit: str | None = None
     work_dir: Path = field(default=Path())  # where new files go: a scratch dir for `plan`
-    backoff_until: float = 0.0  # time.monotonic() before which no create is attempted (429)
+    clock: Clock = field(default_factory=SystemClock)
+    backoff_until: float = 0.0  # clock.monotonic() before which no create is attempted
+    backoff_reason: str = ""  # what the API said when it asked to back off
+
+    def backing_off(self) -> str | None:
+        """Why creates wait now (a 429, an unreachable API), or None."""
+        if self.clock.monotonic() < self.backoff_until:
+            return self.backoff_reason or "backing off"
+        return None
+
+    def back_off(self, seconds: float, reason: str) -> None:
+        seconds = min(seconds, self.settings.max_backoff_s)
+        self.backoff_until = max(self.backoff_until, self.clock.monotonic() + seconds)
+        self.backoff_reason = reason
 
     def __post_init__(self) -> None:
         if self.work_dir == Path():

@@ -1,5 +1,6 @@
 """The ledger's set work on real Parquet files: diff verdicts, chunking, outcomes."""
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -184,6 +185,29 @@ def test_a_truncated_file_leaves_the_cut_keys_missing_and_retryable(tmp_path: Pa
     assert keys(tmp_path / "s.parquet") == ["b"] and diff.retry == 1
 
 
+def test_a_cancelled_job_keeps_the_answers_it_gave_and_fails_only_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Answers given before a cancel were paid for: kept; only the other keys are retried."""
+    desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2"), ("c", "3")])
+    (job,) = ledger.chunk(
+        desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6, out_dir=tmp_path
+    )
+    lines = tmp_path / "partial.jsonl"
+    answer = {"candidates": [{"content": {"parts": [{"text": "A"}]}, "finishReason": "STOP"}]}
+    lines.write_text(json.dumps({"key": "a", "response": answer}) + "\n")
+    ledger.complete_with_errors(
+        job_requests=job.path, result_file=lines, message="cancelled", status="JOB_CANCELLED"
+    )
+    by_key = {row["key"]: row for row in map(json.loads, lines.read_text().splitlines())}
+    assert by_key["a"]["response"] == answer
+    assert by_key["b"]["error"]["status"] == by_key["c"]["error"]["status"] == "JOB_CANCELLED"
+    outcome = ledger.record_outcome(
+        job_requests=job.path, result_file=lines, job_error=None, out=tmp_path / "l.parquet"
+    )
+    assert (outcome.succeeded, outcome.failed) == (1, 2)
+
+
 def test_a_failed_job_fails_every_row_retryably(tmp_path: Path) -> None:
     desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2")])
     (job,) = ledger.chunk(
@@ -194,8 +218,8 @@ def test_a_failed_job_fails_every_row_retryably(tmp_path: Path) -> None:
         out_dir=tmp_path / "jobs",
     )
     lines = tmp_path / "failed.jsonl"
-    ledger.failed_job_lines(
-        job_requests=job.path, message="job FAILED", status="JOB_FAILED", out=lines
+    ledger.complete_with_errors(
+        job_requests=job.path, result_file=lines, message="job FAILED", status="JOB_FAILED"
     )
     assert len(lines.read_text().splitlines()) == 2
     outcome = ledger.record_outcome(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runner.adapters.metrics import MetricsServer
 from runner.adapters.state import StateStore
+from runner.core.lifecycle import Phase
 
 
 def get(url: str) -> tuple[int, str]:
@@ -34,9 +35,10 @@ def test_metrics_read_the_state_and_health_reports_failing_checks(tmp_path: Path
         ]
     )
     first, second = state.jobs()
+    for phase in ("uploaded", "submitting", "submitted", "downloaded", "ingested"):
+        state.transition(first.id, Phase(phase))
     state.update_job(
         first.id,
-        phase="ingested",
         remote_state="succeeded",
         succeeded=9,
         failed=1,
@@ -44,7 +46,9 @@ def test_metrics_read_the_state_and_health_reports_failing_checks(tmp_path: Path
         output_tokens=40,
         cost_usd=0.25,
     )
-    state.update_job(second.id, phase="submitted", remote_state="running")
+    for phase in ("uploaded", "submitting", "submitted"):
+        state.transition(second.id, Phase(phase))
+    state.update_job(second.id, remote_state="running")
     problems: list[str] = []
     server = MetricsServer(
         state_db=state.path, api_errors={"429": 3}, checks=lambda: problems

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.adapters.state import ProcessLock, StateStore
+from runner.core.lifecycle import IllegalMove, Phase
 from runner.errors import LockedError
 
 
@@ -29,10 +30,34 @@ def test_intents_are_recorded_once_and_advance_through_phases(tmp_path: Path) ->
     store.add_jobs([intent("a")])
     jobs = store.jobs(manifest="m")
     assert [j.phase for j in jobs] == ["planned", "planned"]
-    store.update_job(jobs[0].id, phase="submitted", remote_name="batches/1")
-    store.update_job(jobs[1].id, phase="ingested")
+    walk(store, jobs[0].id, SUBMITTED)
+    store.update_job(jobs[0].id, remote_name="batches/1")
+    walk(store, jobs[1].id, [*SUBMITTED, Phase.DOWNLOADED, Phase.INGESTED])
     assert [j.remote_name for j in store.jobs(live=True)] == ["batches/1"]
     assert [j.phase for j in store.jobs(live=False)] == ["ingested"]
+    store.close()
+
+
+SUBMITTED = [Phase.UPLOADED, Phase.SUBMITTING, Phase.SUBMITTED]
+
+
+def walk(store: StateStore, job_id: int, phases: list[Phase]) -> None:
+    for phase in phases:
+        store.transition(job_id, phase)
+
+
+def test_a_job_moves_only_along_the_lifecycle(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.sqlite")
+    store.add_jobs([intent("a")])
+    (job,) = store.jobs()
+    with pytest.raises(IllegalMove, match="from planned to submitted"):
+        store.transition(job.id, Phase.SUBMITTED)  # a create never recorded as sent
+    with pytest.raises(ValueError, match="transition"):
+        store.update_job(job.id, phase="ingested")
+    walk(store, job.id, [*SUBMITTED, Phase.DOWNLOADED, Phase.INGESTED])
+    with pytest.raises(IllegalMove):
+        store.transition(job.id, Phase.PLANNED)  # an ingested job is never redone
+    assert store.job(job.id).phase is Phase.INGESTED
     store.close()
 
 

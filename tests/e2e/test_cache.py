@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.emulator import Emulator, EmulatorConfig
-from tests.conftest import Gbatch
+from tests.conftest import Gbatch, uploads
 
 GUIDE = "Our style: short sentences, active voice, no jargon. " * 100  # ~1300 tokens
 
@@ -37,10 +37,8 @@ tools: {{google_search: true}}
 
 
 def uploaded_lines(emulator: Emulator) -> list[dict[str, object]]:
-    with emulator.service.lock:
-        files = [f for f in emulator.service.files.values() if f.source == "UPLOADED"]
     lines = []
-    for stored in files:
+    for stored in uploads(emulator):
         data = stored.path.read_bytes()
         lines += [json.loads(line) for line in data.splitlines() if line.strip()]
     return lines

@@ -16,7 +16,8 @@ from tests.conftest import Gbatch
 
 
 def apply(gbatch: Gbatch, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GBATCH_POLL_INTERVAL_S": "0.05"}
+    # a create never sent is looked for by listing for the grace period before it is made
+    env = {**os.environ, "GBATCH_POLL_INTERVAL_S": "0.05", "GBATCH_ADOPT_GRACE_S": "0.5"}
     if crash_at:
         env["GBATCH_CRASH_AT"] = crash_at
     return subprocess.run(

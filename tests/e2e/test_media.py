@@ -8,7 +8,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 from runner.emulator import Emulator
-from tests.conftest import Gbatch
+from tests.conftest import Gbatch, uploads
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
 
@@ -27,12 +27,7 @@ def photos(gbatch: Gbatch, rows: str) -> None:
 
 
 def media_uploads(emulator: Emulator) -> list[str]:
-    with emulator.service.lock:
-        return [
-            f.mime_type
-            for f in emulator.service.files.values()
-            if f.source == "UPLOADED" and f.mime_type != "application/jsonl"
-        ]
+    return [f.mime_type for f in uploads(emulator) if f.mime_type != "application/jsonl"]
 
 
 def test_each_distinct_file_is_uploaded_once_and_named_in_its_request(
@@ -42,12 +37,7 @@ def test_each_distinct_file_is_uploaded_once_and_named_in_its_request(
     result = gbatch("apply", "manifests", "--wait")
     assert result.code == 0, result.err
     assert sorted(media_uploads(emulator)) == ["application/pdf", "image/png"]
-    with emulator.service.lock:
-        (jsonl,) = [
-            f
-            for f in emulator.service.files.values()
-            if f.mime_type == "application/jsonl" and f.source == "UPLOADED"
-        ]
+    (jsonl,) = [f for f in uploads(emulator) if f.mime_type == "application/jsonl"]
     requests = {
         line["key"]: line["request"]
         for line in map(json.loads, jsonl.path.read_bytes().splitlines())

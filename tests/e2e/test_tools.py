@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from runner.emulator import Emulator
-from tests.conftest import Gbatch
+from tests.conftest import Gbatch, uploads
 
 
 def test_every_tool_is_mapped_and_search_grounding_fills_the_sources_table(
@@ -27,8 +27,7 @@ def test_every_tool_is_mapped_and_search_grounding_fills_the_sources_table(
     )
     result = gbatch("apply", "manifests", "--wait")
     assert result.code == 0, result.err
-    with emulator.service.lock:
-        (upload,) = [f for f in emulator.service.files.values() if f.source == "UPLOADED"]
+    (upload,) = uploads(emulator)
     line = json.loads(upload.path.read_bytes().splitlines()[0])
     assert line["request"]["tools"] == [
         {"googleSearch": {}},

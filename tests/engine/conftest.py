@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.adapters.state import StateStore
+from runner.core.clock import FakeClock
 from runner.core.pricing import load_prices
 from runner.engine.runtime import Runtime
 from runner.settings import Settings
@@ -23,4 +24,27 @@ def rt(tmp_path: Path) -> Runtime:
         state=StateStore(settings.state_db),
         backend=FakeBackend(),
         prices=load_prices(),
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def timed(tmp_path: Path, clock: FakeClock) -> Runtime:
+    """A Runtime whose every time rule reads ``clock`` (the state's timestamps too)."""
+    settings = Settings(
+        db=tmp_path / "results.duckdb",
+        state_dir=tmp_path / "state",
+        max_backoff_s=0.01,
+        adopt_grace_s=300,
+    )
+    return Runtime(
+        settings=settings,
+        state=StateStore(settings.state_db, clock=clock),
+        backend=FakeBackend(clock),
+        prices=load_prices(),
+        clock=clock,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 
 from runner.core.loader import load_paths
-from runner.engine import follow, reconcile, submit
+from runner.engine import cycle, lifecycle, reconcile
 from runner.engine.runtime import Runtime
 from runner.errors import TransientBackendError, UnclearCreateError
 from tests.fakes import FakeBackend
@@ -30,14 +30,11 @@ def manifests(tmp_path: Path, rows: int = 3, per_job: int = 100) -> dict[str, ob
 
 
 def run_to_end(rt: Runtime, loaded: dict[str, object]) -> None:
-    for item in loaded.values():
-        reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
-    submit.submit_pending(rt)
+    report = cycle.tick(rt, loaded, apply=list(loaded))  # type: ignore[arg-type]
     for _ in range(10):
-        report = follow.follow_once(rt, loaded)  # type: ignore[arg-type]
         if report.live == 0:
             return
-        submit.submit_pending(rt)
+        report = cycle.tick(rt, loaded)  # type: ignore[arg-type]
     raise AssertionError("jobs did not finish")
 
 
@@ -80,7 +77,7 @@ def test_a_crash_after_create_sent_is_resolved_by_listing(rt: Runtime, tmp_path:
     fake.enqueue("list", TransientBackendError("503", delay=0.0))  # adoption cannot list yet
     (item,) = loaded.values()
     reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
-    report = submit.submit_pending(rt)
+    report = lifecycle.submit_pending(rt)
     assert report.waiting == 1
     assert [j.phase for j in rt.state.jobs()] == ["submitting"]
     rt.backoff_until = 0.0
@@ -97,7 +94,7 @@ def test_a_429_on_create_waits_and_then_creates_once(rt: Runtime, tmp_path: Path
     (item,) = loaded.values()
     reconcile.apply_manifest(rt, item)  # type: ignore[arg-type]
     for _ in range(3):
-        assert submit.submit_pending(rt).waiting == 1
+        assert lifecycle.submit_pending(rt).waiting == 1
         assert [j.phase for j in rt.state.jobs()] == ["uploaded"]
     run_to_end(rt, loaded)
     assert fake.count("create") == 4 and len(fake.jobs) == 1
@@ -113,7 +110,7 @@ def test_the_enqueued_token_budget_holds_jobs_in_a_visible_queue(
     jobs = rt.state.jobs()
     assert len(jobs) == 3 and all(j.input_tokens_est > 0 for j in jobs)
     rt.settings.enqueued_tokens = {"gemini-2.5-flash": jobs[0].input_tokens_est + 1}
-    report = submit.submit_pending(rt)
+    report = lifecycle.submit_pending(rt)
     assert (report.created, report.waiting) == (1, 2)
     queued = [j for j in rt.state.jobs() if j.phase == "planned"]
     assert len(queued) == 2

@@ -1,0 +1,89 @@
+"""One cycle of the runner: reconcile what changed, submit, poll, ingest, tidy up.
+
+``apply --wait`` is "tick until quiet", the daemon is "wait for changes, then tick", and the
+engine tests tick a Runtime over a fake backend: all three run this same code. Each manifest
+is a fault boundary (an error reconciling one becomes its error in ``status`` and the others
+go on), as each job is in ``runner.engine.lifecycle``. Called by the CLI and the daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from runner.core.loader import LoadedManifest
+from runner.engine import caching, ingest, lifecycle, reconcile
+from runner.engine.runtime import Runtime, log
+from runner.errors import GbatchError, ManifestError
+
+
+@dataclass
+class TickReport:
+    plans: dict[str, reconcile.ManifestPlan] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # manifest -> why it was not applied
+    submitted: lifecycle.SubmitReport = field(default_factory=lifecycle.SubmitReport)
+    ingested: ingest.IngestReport = field(default_factory=ingest.IngestReport)
+    live: int = 0
+
+    @property
+    def failed_lines(self) -> set[str]:
+        """Manifests whose jobs came back with failed lines: reconcile them for retries."""
+        return self.ingested.failed_lines
+
+
+def apply_one(rt: Runtime, loaded: LoadedManifest) -> reconcile.ManifestPlan:
+    """Reconcile one manifest; every failure is recorded on it before it is raised."""
+    name = loaded.manifest.name
+    try:
+        return reconcile.apply_manifest(rt, loaded)
+    except ManifestError:
+        raise
+    except GbatchError as exc:
+        _record(rt, name, str(exc))
+        raise
+    except Exception as exc:  # the fault boundary: a bug in one manifest's path is its error
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        log.exception("%s: %s", name, message)
+        _record(rt, name, message)
+        raise GbatchError(f"{name}: {message}") from exc
+
+
+def _record(rt: Runtime, name: str, message: str) -> None:
+    if rt.state.manifest(name) is not None:
+        rt.state.update_manifest(name, last_error=message)
+    rt.state.event("error", message, manifest=name)
+
+
+def apply_all(
+    rt: Runtime, manifests: dict[str, LoadedManifest], names: Iterable[str]
+) -> tuple[dict[str, reconcile.ManifestPlan], dict[str, str]]:
+    """Apply each named manifest in its own fault boundary; (plans, errors by manifest)."""
+    plans, errors = {}, {}
+    for name in names:
+        try:
+            plans[name] = apply_one(rt, manifests[name])
+        except GbatchError as exc:
+            errors[name] = str(exc)
+            log.error("%s: %s", name, exc)
+    return plans, errors
+
+
+def tick(
+    rt: Runtime,
+    manifests: dict[str, LoadedManifest],
+    *,
+    apply: Iterable[str] = (),
+    scope: set[str] | None = None,
+) -> TickReport:
+    """Apply the manifests named in ``apply``, then move every job (of ``scope``) on."""
+    report = TickReport()
+    report.plans, report.errors = apply_all(rt, manifests, apply)
+    report.submitted = lifecycle.submit_pending(rt, manifests=scope)
+    lifecycle.poll(rt)
+    report.ingested = ingest.ingest_ready(rt, manifests)
+    if report.ingested.ingested:  # finished jobs free room under the limits
+        report.submitted.created += lifecycle.submit_pending(rt, manifests=scope).created
+    caching.maintain(rt)
+    ingest.delete_unneeded_media(rt)
+    report.live = len(rt.state.jobs(live=True))
+    return report

@@ -1,0 +1,172 @@
+"""Every time rule of the job lifecycle under the fake clock: file lifetimes, the deadline,
+the grace period for a lost create. A day passes in a call to ``clock.advance``; nothing
+sleeps. Real SQLite and DuckDB files, the fake backend at the project's own port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.core.clock import FakeClock
+from runner.core.lifecycle import Phase
+from runner.core.loader import load_paths
+from runner.engine import cycle
+from runner.engine.runtime import Runtime
+from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
+from tests.fakes import FakeBackend
+
+HOUR = 3600.0
+
+
+def manifests(tmp_path: Path, *, rows: int = 4, policy: str = "") -> dict[str, object]:
+    root = tmp_path / "m"
+    root.mkdir(exist_ok=True)
+    body = "".join(f"  - {{n: {i}}}\n" for i in range(rows))
+    (root / "nums.yaml").write_text(
+        "model: gemini-2.5-flash\nsource:\n  key: n\n  rows:\n"
+        + body
+        + "prompt: {template: 'Number {{ n }}'}\n"
+        + (f"policy: {{{policy}}}\n" if policy else "")
+    )
+    loaded, errors = load_paths([root])
+    assert not errors
+    return {item.manifest.name: item for item in loaded}
+
+
+def fake(rt: Runtime) -> FakeBackend:
+    assert isinstance(rt.backend, FakeBackend)
+    return rt.backend
+
+
+def rows(rt: Runtime, sql: str) -> list[tuple[object, ...]]:
+    import duckdb
+
+    con = duckdb.connect(str(rt.results_db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_an_upload_is_judged_by_its_own_expiry_not_by_later_status_writes(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A job refused with 429 every hour keeps its row freshly written, but its upload ages
+    all the same: with less than a day of its 48 h left it is uploaded again before the
+    create, and the create names the new file."""
+    loaded = manifests(tmp_path)
+    backend = fake(timed)
+    backend.enqueue("create", *[TransientBackendError("429", code=429, delay=1)] * 24)
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    (job,) = timed.state.jobs()
+    first_upload = job.input_file
+    assert job.phase is Phase.UPLOADED and first_upload
+    for _ in range(23):
+        clock.advance(HOUR)
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    job = timed.state.job(job.id)
+    assert (job.phase, job.input_file, backend.count("upload")) == (
+        Phase.UPLOADED,
+        first_upload,
+        1,
+    )  # 25 h of life left: kept
+    clock.advance(2 * HOUR)
+    report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    job = timed.state.job(job.id)
+    assert backend.count("upload") == 2 and job.input_file != first_upload
+    assert report.submitted.created == 1 and backend.count("create") == 25
+    assert backend.inputs[job.remote_name or ""] == backend.files.get(
+        job.input_file or "", backend.inputs[job.remote_name or ""]
+    )
+    assert [e for e in timed.state.jobs() if e.phase is Phase.ABANDONED] == []
+
+
+def test_a_create_refused_because_its_file_is_gone_uploads_again_instead_of_abandoning(
+    timed: Runtime, tmp_path: Path
+) -> None:
+    loaded = manifests(tmp_path)
+    backend = fake(timed)
+    original = backend.create_job
+
+    def create_after_losing_the_file(**kwargs: object) -> object:
+        if backend.count("create") == 0:
+            backend.files.clear()  # the service deleted the upload (48 h, or a quota purge)
+            backend.history.append(("create", "refused"))
+            raise PermanentBackendError("file not found", code=400)
+        return original(**kwargs)  # type: ignore[arg-type]
+
+    backend.create_job = create_after_losing_the_file  # type: ignore[method-assign]
+    for _ in range(4):
+        report = cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+        if report.live == 0:
+            break
+    assert [j.phase for j in timed.state.jobs()] == [Phase.INGESTED]
+    assert backend.count("upload") == 2
+    assert rows(timed, "select count(*) filter (status = 'succeeded') from nums") == [(4,)]
+
+
+def test_a_lost_create_is_looked_for_through_a_lagging_list_and_adopted_not_repeated(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    loaded = manifests(tmp_path)
+    backend = fake(timed)
+    backend.list_lag = 3  # the new job shows up in the fourth listing only
+    backend.enqueue("create_lost", UnclearCreateError("timed out"))
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    (job,) = timed.state.jobs()
+    assert job.phase is Phase.SUBMITTING and "looking for a create" not in (job.error or "")
+    for _ in range(2):
+        clock.advance(60)
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+        job = timed.state.job(job.id)
+        assert job.phase is Phase.SUBMITTING and "looking for a create" in (job.error or "")
+    clock.advance(60)
+    report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("create") == 1 and len(backend.jobs) == 1
+    assert report.submitted.adopted == 1
+    assert rows(timed, "select count(*) from nums") == [(4,)]
+
+
+def test_a_create_that_never_happened_is_made_once_the_grace_period_is_over(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    loaded = manifests(tmp_path)
+    backend = fake(timed)
+    backend.enqueue("create", UnclearCreateError("connection reset before the reply"))
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    assert backend.count("create") == 1 and not backend.jobs
+    clock.advance(299)
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("create") == 1  # still inside the grace: only looked for
+    clock.advance(2)
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("create") == 2 and len(backend.jobs) == 1
+
+
+def test_a_job_past_its_deadline_is_cancelled_once_and_its_given_answers_are_kept(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    """37 h pending: cancelled once; the 2 answers it gave before the cancel were paid for,
+    so they are ingested and only the other 2 rows are sent again."""
+    loaded = manifests(tmp_path, rows=4, policy="deadline: 36h")
+    backend = fake(timed)
+    backend.hold = True
+    backend.answered_before_cancel = 2
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    clock.advance(35 * HOUR)
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("cancel") == 0
+    clock.advance(2 * HOUR)
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("cancel") == 1
+    history = rows(timed, "select key, status from nums_history order by key")
+    assert history == [("0", "succeeded"), ("1", "succeeded"), ("2", "failed"), ("3", "failed")]
+    backend.hold = False
+    report = cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    assert report.plans["nums"].diff.submit_requests == 2
+    while report.live:
+        report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("cancel") == 1
+    assert rows(timed, "select count(*) filter (status = 'succeeded') from nums") == [(4,)]
+    second = list(backend.inputs.values())[-1]
+    assert len(second) == 2
