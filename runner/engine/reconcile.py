@@ -16,6 +16,7 @@ from runner import crashpoints
 from runner.adapters import ledger, results, sources
 from runner.adapters.state import JobRow
 from runner.core.loader import LoadedManifest
+from runner.core.pricing import Storage
 from runner.engine import caching
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import locate
@@ -34,6 +35,7 @@ class Estimate:
     tokens_per_char: float = 0.25
     cached_tokens: int = 0  # of input_tokens, read from the context cache
     cost_without_cache_usd: float | None = None  # what the same requests cost uncached
+    cache_storage: Storage | None = None  # the context cache kept for its TTL (in cost_usd)
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ def _estimate(
 ) -> Estimate:
     """Input tokens from countTokens on a sample (scaled by characters), else chars / 4.
 
-    With a cache, each request also reads the cache's tokens at the cached rate.
+    Priced per request (the price tier depends on each request's prompt size), at the average
+    request of the set. With a cache, each request also reads the cache's tokens at the cached
+    rate, and the cache is stored for its TTL (once: extending it while jobs wait costs more).
     """
     spec = loaded.manifest.spec
     tokens_per_char = 0.25
@@ -180,24 +184,34 @@ def _estimate(
                 basis = f"countTokens on {len(sample)} requests, scaled by characters"
         except BackendError as exc:
             log.info("countTokens unavailable (%s); estimating", exc)
+    requests = diff.submit_requests
     input_tokens = int(diff.submit_chars * tokens_per_char)
     per_request = spec.generation.max_output_tokens or ASSUMED_OUTPUT_TOKENS
-    output_tokens = per_request * diff.submit_requests
-    cached = cache.tokens * diff.submit_requests if cache is not None else 0
+    cached = cache.tokens if cache is not None and requests else 0
     price = rt.prices.for_model(spec.model)
+    storage = None
+    if cache is not None and cached:
+        rate = price.cache_storage if price is not None else None
+        storage = Storage(tokens=cached, hours=cache.ttl_s / 3600, rate=rate)
     cost = uncached_cost = None
     if price is not None:
-        prompt = input_tokens + cached
-        cost = price.cost(prompt=prompt, cached=cached, output=output_tokens)
-        uncached_cost = price.cost(prompt=prompt, output=output_tokens)
+        average = {
+            "promptTokenCount": (input_tokens / requests if requests else 0) + cached,
+            "candidatesTokenCount": per_request,
+        }
+        cost = requests * price.cost({**average, "cachedContentTokenCount": cached})
+        uncached_cost = requests * price.cost(average)
+        if storage is not None and storage.usd is not None:
+            cost += storage.usd
     return Estimate(
-        input_tokens=input_tokens + cached,
-        output_tokens=output_tokens,
+        input_tokens=input_tokens + cached * requests,
+        output_tokens=per_request * requests,
         cost_usd=cost,
         basis=basis,
         tokens_per_char=tokens_per_char,
-        cached_tokens=cached,
+        cached_tokens=cached * requests,
         cost_without_cache_usd=uncached_cost if cache is not None else None,
+        cache_storage=storage,
     )
 
 
