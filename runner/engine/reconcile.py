@@ -123,15 +123,29 @@ def plan_manifest(
     spent = sum(job.cost_usd or 0.0 for job in rt.state.jobs(manifest=name))
     blocked = cache.too_small if cache is not None else None
     cap = manifest.spec.policy.max_cost_usd
+    model = manifest.spec.model_id
+    notes = []
+    unpriced = None
+    if rt.prices.for_model(manifest.spec.model) is None:
+        unpriced = f"no price known for {model}"
+        notes.append(f"{unpriced}: costs unknown")
+    elif estimate.cache_storage is not None and estimate.cache_storage.usd is None:
+        unpriced = f"no cache storage price known for {model}"
+        notes.append(f"{unpriced}: the estimate leaves the cache's storage out")
+    if cap is not None and unpriced and diff.submit_requests and not blocked:
+        # a cap that cannot be checked is not a cap: refuse rather than spend unbounded
+        blocked = (
+            f"{unpriced}, so policy.max_cost_usd ${cap:.2f} cannot be checked; nothing "
+            f"submitted. Supply a price in a TOML file named by GBATCH_PRICES_FILE: "
+            f'[models."{model}"] with input, output (and cache_storage) in USD per 1M tokens '
+            "at batch price (see runner/data/prices.toml)"
+        )
     over = cap is not None and estimate.cost_usd is not None and spent + estimate.cost_usd > cap
     if over and not blocked:
         blocked = (
             f"estimated cost ${estimate.cost_usd:.4f} plus ${spent:.4f} already spent exceeds "
             f"policy.max_cost_usd ${cap:.2f}; nothing submitted"
         )
-    notes = []
-    if rt.prices.for_model(manifest.spec.model) is None:
-        notes.append(f"no price known for {manifest.spec.model_id}: costs unknown")
     return ManifestPlan(
         name=name,
         table=manifest.table,
