@@ -126,14 +126,7 @@ def _parse(
     typed = schema_types.columns(output_schema) if output_schema else []
     cost = "null::double" if paid else "0::double"  # reused answers were paid for once
     if price is not None and paid:
-        cost = (
-            "((greatest(coalesce(u.promptTokenCount, 0)"
-            " - coalesce(u.cachedContentTokenCount, 0), 0)"
-            f" + coalesce(u.toolUsePromptTokenCount, 0)) * {price.input}"
-            f" + coalesce(u.cachedContentTokenCount, 0) * {price.cached_input}"
-            f" + (coalesce(u.candidatesTokenCount, 0) + coalesce(u.thoughtsTokenCount, 0))"
-            f" * {price.output}) / 1e6"
-        )
+        cost = price.cost_sql("u")  # the one cost definition, rendered as SQL
     con.execute(
         f"""
         create temp view base as

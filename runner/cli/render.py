@@ -72,17 +72,30 @@ def plan(plans: Sequence[ManifestPlan]) -> str:
         else:
             lines.append("  jobs to create: none")
         e = p.estimate
+        stored = e.cache_storage.usd if e.cache_storage is not None else None
         if p.jobs:
+            split = (
+                f" (requests {money(e.cost_usd - stored)} + cache storage {money(stored)})"
+                if stored is not None and e.cost_usd is not None
+                else ""
+            )
             lines.append(
                 f"  estimated: {e.input_tokens:,} input tokens ({e.basis}), "
                 f"{e.output_tokens:,} output tokens (at most), cost {money(e.cost_usd)} "
-                f"at batch price; spent so far {money(p.spent_usd)}"
+                f"at batch price{split}; spent so far {money(p.spent_usd)}"
             )
         if p.jobs and e.cached_tokens:
             lines.append(
                 f"  cache: {e.cached_tokens:,} of those input tokens are read from the context "
-                f"cache at the cached rate: {money(e.cost_usd)} instead of "
-                f"{money(e.cost_without_cache_usd)} without it"
+                f"cache at the cached rate: {money(e.cost_usd)} with the cache (its storage "
+                f"included) instead of {money(e.cost_without_cache_usd)} without it"
+            )
+        if p.jobs and e.cache_storage is not None:
+            c = e.cache_storage
+            rate = "unknown rate" if c.rate is None else f"${c.rate:.2f} per 1M tokens per hour"
+            lines.append(
+                f"  cache storage: {c.tokens:,} tokens for {c.hours:g} h at {rate}: "
+                f"{money(stored)} (one TTL; extending it while jobs wait costs more)"
             )
         for note in p.notes:
             lines.append(f"  note: {note}")

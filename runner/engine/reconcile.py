@@ -17,6 +17,7 @@ from runner.adapters import ledger, results, sources
 from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
+from runner.core.pricing import Storage
 from runner.engine import caching, lifecycle
 from runner.engine.lifecycle import result_path
 from runner.engine.runtime import Runtime, log
@@ -36,6 +37,7 @@ class Estimate:
     tokens_per_char: float = 0.25
     cached_tokens: int = 0  # of input_tokens, read from the context cache
     cost_without_cache_usd: float | None = None  # what the same requests cost uncached
+    cache_storage: Storage | None = None  # the context cache kept for its TTL (in cost_usd)
 
 
 @dataclass(frozen=True)
@@ -123,15 +125,29 @@ def plan_manifest(
     spent = sum(job.cost_usd or 0.0 for job in rt.state.jobs(manifest=name))
     blocked = cache.too_small if cache is not None else None
     cap = manifest.spec.policy.max_cost_usd
+    model = manifest.spec.model_id
+    notes = []
+    unpriced = None
+    if rt.prices.for_model(manifest.spec.model) is None:
+        unpriced = f"no price known for {model}"
+        notes.append(f"{unpriced}: costs unknown")
+    elif estimate.cache_storage is not None and estimate.cache_storage.usd is None:
+        unpriced = f"no cache storage price known for {model}"
+        notes.append(f"{unpriced}: the estimate leaves the cache's storage out")
+    if cap is not None and unpriced and diff.submit_requests and not blocked:
+        # a cap that cannot be checked is not a cap: refuse rather than spend unbounded
+        blocked = (
+            f"{unpriced}, so policy.max_cost_usd ${cap:.2f} cannot be checked; nothing "
+            f"submitted. Supply a price in a TOML file named by GBATCH_PRICES_FILE: "
+            f'[models."{model}"] with input, output (and cache_storage) in USD per 1M tokens '
+            "at batch price (see runner/data/prices.toml)"
+        )
     over = cap is not None and estimate.cost_usd is not None and spent + estimate.cost_usd > cap
     if over and not blocked:
         blocked = (
             f"estimated cost ${estimate.cost_usd:.4f} plus ${spent:.4f} already spent exceeds "
             f"policy.max_cost_usd ${cap:.2f}; nothing submitted"
         )
-    notes = []
-    if rt.prices.for_model(manifest.spec.model) is None:
-        notes.append(f"no price known for {manifest.spec.model_id}: costs unknown")
     return ManifestPlan(
         name=name,
         table=manifest.table,
@@ -162,7 +178,9 @@ def _estimate(
 ) -> Estimate:
     """Input tokens from countTokens on a sample (scaled by characters), else chars / 4.
 
-    With a cache, each request also reads the cache's tokens at the cached rate.
+    Priced per request (the price tier depends on each request's prompt size), at the average
+    request of the set. With a cache, each request also reads the cache's tokens at the cached
+    rate, and the cache is stored for its TTL (once: extending it while jobs wait costs more).
     """
     spec = loaded.manifest.spec
     tokens_per_char = 0.25
@@ -182,24 +200,34 @@ def _estimate(
                 basis = f"countTokens on {len(sample)} requests, scaled by characters"
         except BackendError as exc:
             log.info("countTokens unavailable (%s); estimating", exc)
+    requests = diff.submit_requests
     input_tokens = int(diff.submit_chars * tokens_per_char)
     per_request = spec.generation.max_output_tokens or ASSUMED_OUTPUT_TOKENS
-    output_tokens = per_request * diff.submit_requests
-    cached = cache.tokens * diff.submit_requests if cache is not None else 0
+    cached = cache.tokens if cache is not None and requests else 0
     price = rt.prices.for_model(spec.model)
+    storage = None
+    if cache is not None and cached:
+        rate = price.cache_storage if price is not None else None
+        storage = Storage(tokens=cached, hours=cache.ttl_s / 3600, rate=rate)
     cost = uncached_cost = None
     if price is not None:
-        prompt = input_tokens + cached
-        cost = price.cost(prompt=prompt, cached=cached, output=output_tokens)
-        uncached_cost = price.cost(prompt=prompt, output=output_tokens)
+        average = {
+            "promptTokenCount": (input_tokens / requests if requests else 0) + cached,
+            "candidatesTokenCount": per_request,
+        }
+        cost = requests * price.cost({**average, "cachedContentTokenCount": cached})
+        uncached_cost = requests * price.cost(average)
+        if storage is not None and storage.usd is not None:
+            cost += storage.usd
     return Estimate(
-        input_tokens=input_tokens + cached,
-        output_tokens=output_tokens,
+        input_tokens=input_tokens + cached * requests,
+        output_tokens=per_request * requests,
         cost_usd=cost,
         basis=basis,
         tokens_per_char=tokens_per_char,
-        cached_tokens=cached,
+        cached_tokens=cached * requests,
         cost_without_cache_usd=uncached_cost if cache is not None else None,
+        cache_storage=storage,
     )
 
 
