@@ -273,12 +273,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     state = StateStore(settings.state_db)
     try:
         manifests, jobs = state.manifests(), state.jobs()
+        invalid, media_files = state.invalid_files(), state.media_files()
     finally:
         state.close()
-    if not manifests:
+    if not manifests and not invalid:
         print(f"no manifests applied yet (state: {settings.state_dir})")
         return EXIT_OK
-    print(render.status(manifests, jobs))
+    if manifests:
+        print(render.status(manifests, jobs))
+    if invalid:
+        print("\ninvalid manifest files (the last good version of each keeps running):")
+        for path, error, since in invalid:
+            print(f"  {path} (since {since[:19]}): {error}")
+    print("\n" + render.files_storage(jobs, media_files))
     if args.jobs:
         print()
         print(render.jobs_table(jobs))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runner.adapters.state import JobRow, ManifestRow
+from runner.core.lifecycle import Phase
 from runner.engine.reconcile import ManifestPlan
 
 
@@ -110,7 +111,7 @@ def status(manifests: Sequence[ManifestRow], jobs: Sequence[JobRow]) -> str:
         own = [j for j in jobs if j.manifest == m.name]
         states: dict[str, int] = {}
         for j in own:
-            label = j.remote_state if j.phase == "submitted" and j.remote_state else j.phase
+            label = j.remote_state if j.phase is Phase.SUBMITTED and j.remote_state else j.phase
             states[label] = states.get(label, 0) + 1
         rows.append(
             [
@@ -119,8 +120,8 @@ def status(manifests: Sequence[ManifestRow], jobs: Sequence[JobRow]) -> str:
                 m.table_name,
                 m.requests,
                 ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "-",
-                sum(j.succeeded for j in own if j.phase == "ingested"),
-                sum(j.failed for j in own if j.phase == "ingested"),
+                sum(j.succeeded for j in own if j.phase is Phase.INGESTED),
+                sum(j.failed for j in own if j.phase is Phase.INGESTED),
                 money(sum(j.cost_usd or 0.0 for j in own)),
                 (m.commit_sha or "")[:10],
                 m.last_error or "",
@@ -139,6 +140,16 @@ def status(manifests: Sequence[ManifestRow], jobs: Sequence[JobRow]) -> str:
         "last error",
     ]
     return table(head, rows, max_width=80)
+
+
+def files_storage(jobs: Sequence[JobRow], media: Sequence[tuple[str, str | None, int, str]]) -> str:
+    """The Files API storage gbatch holds now (the project's quota is 20 GB)."""
+    inputs = [j for j in jobs if j.input_file]
+    total = sum(j.bytes for j in inputs) + sum(size for _, _, size, _ in media)
+    return (
+        f"Files API storage held: {total / 1e6:,.1f} MB in {len(inputs)} input file(s) and "
+        f"{len(media)} media file(s) (project limit 20 GB; inputs are deleted once ingested)"
+    )
 
 
 def jobs_table(jobs: Sequence[JobRow]) -> str:

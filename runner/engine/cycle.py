@@ -8,7 +8,7 @@ go on), as each job is in ``runner.engine.lifecycle``. Called by the CLI and the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from runner.core.loader import LoadedManifest
@@ -55,11 +55,25 @@ def _record(rt: Runtime, name: str, message: str) -> None:
 
 
 def apply_all(
-    rt: Runtime, manifests: dict[str, LoadedManifest], names: Iterable[str]
+    rt: Runtime,
+    manifests: dict[str, LoadedManifest],
+    names: Iterable[str],
+    *,
+    starting: Callable[[str], None] = lambda name: None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> tuple[dict[str, reconcile.ManifestPlan], dict[str, str]]:
-    """Apply each named manifest in its own fault boundary; (plans, errors by manifest)."""
+    """Apply each named manifest in its own fault boundary; (plans, errors by manifest).
+
+    Manifests whose source is a query (the slow kind, bounded by ``source.timeout``) go
+    last, so the others are not held up behind them. ``starting`` hears each name first
+    (the daemon's health check); ``stop`` is asked between manifests (SIGTERM).
+    """
     plans, errors = {}, {}
-    for name in names:
+    ordered = sorted(names, key=lambda name: manifests[name].manifest.spec.source.query is not None)
+    for name in ordered:
+        if stop():
+            break
+        starting(name)
         try:
             plans[name] = apply_one(rt, manifests[name])
         except GbatchError as exc:

@@ -41,6 +41,7 @@ class DaemonOptions:
     git: GitCheckout | None = None
     git_interval_s: float = 60.0
     stale_after_s: float = 600.0  # health fails when the loop has not turned for this long
+    stuck_after_s: float = 420.0  # ... or one manifest's reconcile runs longer (query: 5 min)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Daemon:
     _beat: float | None = None
     _watcher: ManifestWatcher | None = None
     _cycle_error: str | None = None  # the last cycle's unexpected failure, for health
+    _activity: tuple[str, float] | None = None  # what the loop is doing, since when
 
     def health_problems(self) -> list[str]:
         """What is wrong with this daemon, for the health endpoint (any thread may ask)."""
@@ -72,6 +74,11 @@ class Daemon:
         idle = self.rt.clock.monotonic() - (self._beat or self.rt.clock.monotonic())
         if idle > self.options.stale_after_s:
             problems.append(f"the reconcile loop has not turned for {idle:.0f}s")
+        if self._activity is not None:
+            what, since = self._activity
+            busy = self.rt.clock.monotonic() - since
+            if busy > self.options.stuck_after_s:
+                problems.append(f"{what} has been running for {busy:.0f}s")
         if self._cycle_error:
             problems.append(f"the last cycle failed: {self._cycle_error}")
         if self.stop.is_set():
@@ -204,7 +211,16 @@ class Daemon:
             self.rt.state.clear_invalid({str(item.path)})
             self.known[name] = item
             to_apply.append((name, fingerprint))
-        plans, _ = cycle.apply_all(self.rt, self.known, [name for name, _ in to_apply])
+        try:
+            plans, _ = cycle.apply_all(
+                self.rt,
+                self.known,
+                [name for name, _ in to_apply],
+                starting=self._started,
+                stop=self.stop.is_set,
+            )
+        finally:
+            self._activity = None
         for name, fingerprint in to_apply:
             plan = plans.get(name)
             if plan is None:
@@ -217,6 +233,9 @@ class Daemon:
         if again is None:
             self._deletions(by_name, seen_files)
         lifecycle.submit_pending(self.rt)
+
+    def _started(self, name: str) -> None:
+        self._activity = (f"the reconcile of {name}", self.rt.clock.monotonic())
 
     def _unchanged(self, name: str, fingerprint: Fingerprint | None) -> bool:
         """Applied before with the same content and inputs, and nothing since went wrong."""
