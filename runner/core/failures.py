@@ -33,8 +33,8 @@ TRANSIENT_GRPC: dict[int, str] = {
 }
 # Statuses gbatch gives failures that no server named (with code 0): a job that ended
 # without answering (JOB_*, written by the engine per line), a call that timed out, could not
-# connect or lost its connection, an upload whose final reply was an error body. Each may go
-# well the next time.
+# connect or lost its connection or got a reply that is not JSON, an upload whose final reply
+# was an error body. Each may go well the next time.
 GBATCH_TRANSIENT_STATUSES = frozenset(
     {
         "JOB_FAILED",
@@ -43,10 +43,15 @@ GBATCH_TRANSIENT_STATUSES = frozenset(
         "TIMEOUT",
         "CONNECTION",
         "TRANSPORT",
+        "BAD_REPLY",
         "UPLOAD_FAILED",
     }
 )
-PERMANENT_STATUSES = frozenset(PERMANENT_GRPC.values())
+# And those that will not: an exception nothing here knows (a bug, or an SDK that changed:
+# retrying would hide it), answers that cannot be matched to their requests (paid for: a
+# retry would pay again).
+GBATCH_PERMANENT_STATUSES = frozenset({"UNEXPECTED", "RESULTS_MISMATCH"})
+PERMANENT_STATUSES = frozenset(PERMANENT_GRPC.values()) | GBATCH_PERMANENT_STATUSES
 TRANSIENT_STATUSES = frozenset(TRANSIENT_GRPC.values()) | GBATCH_TRANSIENT_STATUSES
 # HTTP: every 4xx is the caller's fault except these two; every 5xx is the server's.
 PERMANENT_HTTP = range(400, 500)

@@ -219,6 +219,32 @@ def test_a_failed_job_fails_every_row_retryably(tmp_path: Path) -> None:
     assert diff.retry == 2
 
 
+def test_lines_of_a_job_whose_answers_could_not_be_matched_are_not_retried(
+    tmp_path: Path,
+) -> None:
+    """ResultsMismatchError's status on the engine's per-line errors: paid for, not resent."""
+    desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2")])
+    (job,) = ledger.chunk(
+        desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6, out_dir=tmp_path
+    )
+    lines = tmp_path / "mismatch.jsonl"
+    ledger.failed_job_lines(
+        job_requests=job.path, message="answers not matched", status="RESULTS_MISMATCH", out=lines
+    )
+    ledger.record_outcome(
+        job_requests=job.path, result_file=lines, job_error=None, out=tmp_path / "l" / "1.parquet"
+    )
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=tmp_path / "l",
+        in_flight=[],
+        previous=desired,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
+    assert (diff.retry, diff.exhausted, diff.submit_requests) == (0, 2, 0)
+
+
 def test_set_digest_depends_on_content_not_order(tmp_path: Path) -> None:
     one = write_set(tmp_path / "1.parquet", [("a", "1"), ("b", "2")])
     two = write_set(tmp_path / "2.parquet", [("b", "2"), ("a", "1")])
@@ -288,8 +314,9 @@ def test_the_ledgers_sql_and_the_classifier_agree_on_every_code_and_status(
     )
     con = duckdb.connect()
     got = dict(
-        con.execute(f"select key, retryable from read_parquet('{tmp_path / 'out.parquet'}')")
-        .fetchall()
+        con.execute(
+            f"select key, retryable from read_parquet('{tmp_path / 'out.parquet'}')"
+        ).fetchall()
     )
     con.close()
     wanted = {

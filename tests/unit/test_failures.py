@@ -22,13 +22,14 @@ def test_grpc_codes_not_known_to_be_permanent_are_retried(code: int) -> None:
     assert classify(code=code).retryable is True
 
 
-@pytest.mark.parametrize(
-    ("code", "retryable"),
-    [(400, False), (401, False), (403, False), (404, False), (409, False), (499, False)]
-    + [(408, True), (429, True), (500, True), (502, True), (503, True), (504, True), (599, True)],
-)
-def test_http_codes_of_api_errors(code: int, retryable: bool) -> None:
-    assert classify(code=code).retryable is retryable
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 409, 499])
+def test_permanent_http_codes_of_api_errors(code: int) -> None:
+    assert classify(code=code).retryable is False
+
+
+@pytest.mark.parametrize("code", [408, 429, 500, 502, 503, 504, 599])
+def test_transient_http_codes_of_api_errors(code: int) -> None:
+    assert classify(code=code).retryable is True
 
 
 @pytest.mark.parametrize("status", ["JOB_FAILED", "JOB_EXPIRED", "JOB_CANCELLED"])
@@ -45,6 +46,11 @@ def test_a_known_status_wins_over_the_code() -> None:
 def test_an_unknown_status_leaves_the_decision_to_the_code() -> None:
     assert classify(code=3, status="SOMETHING_NEW").retryable is False
     assert classify(code=13, status="").retryable is True
+
+
+@pytest.mark.parametrize("status", ["UNEXPECTED", "RESULTS_MISMATCH"])
+def test_gbatchs_own_permanent_statuses(status: str) -> None:
+    assert classify(code=0, status=status).retryable is False
 
 
 def test_no_code_and_no_status_is_retried() -> None:
