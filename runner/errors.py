@@ -9,6 +9,7 @@ Branches are chosen by what the caller does next::
     │   ├── TransientBackendError    retry after ``delay`` seconds (429, 5xx, timeouts)
     │   │   └── UnclearCreateError   a create may or may not have happened: adopt by listing
     │   └── PermanentBackendError    do not retry (4xx other than 408/429)
+    │       └── ResultsMismatchError answers that cannot be matched to requests: raw kept
     ├── StoreError                   the state or results database failed
     │   └── StoreBusyError           another process holds the database: retry later
     └── LockedError                  another gbatch process owns the state database
@@ -87,6 +88,17 @@ class UnclearCreateError(TransientBackendError):
 
 class PermanentBackendError(BackendError):
     """Retrying the same call will fail the same way (bad request, not found, forbidden)."""
+
+
+class ResultsMismatchError(PermanentBackendError):
+    """A job's answers cannot be matched to its requests (inline answers without keys, in
+    another number than were sent). They were paid for, so their requests must not be sent
+    again as if unanswered: the raw output is kept at ``raw_path`` for a person to look at.
+    """
+
+    def __init__(self, message: str, *, raw_path: Path) -> None:
+        super().__init__(message, status="RESULTS_MISMATCH")
+        self.raw_path = raw_path
 
 
 class StoreError(GbatchError):

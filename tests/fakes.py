@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -122,7 +122,9 @@ class FakeBackend:
             partial = f"files/batch-{name[8:]}" if self.answered_before_cancel else None
             self.jobs[name] = replace(job, state=JobState.CANCELLED, result_file=partial)
 
-    def download_results(self, job: RemoteJob, dest: Path) -> None:
+    def download_results(
+        self, job: RemoteJob, dest: Path, *, keys: Collection[str] | None = None
+    ) -> None:
         self._call("download", job.name)
         lines = self.inputs[job.name]
         if self.jobs[job.name].state is JobState.CANCELLED:

@@ -1,11 +1,13 @@
 """The Gemini adapter: the only module that imports google-genai.
 
 Implements ``runner.core.ports.Backend`` over the official SDK, pinned to ``v1beta``, with a
-timeout on every call. Reads (get, list, download, upload) retry 429 / 5xx / transport errors
-with back-off that honours RetryInfo; creates never retry here (a failed create may have
-happened: the engine resolves it by listing). Job reads go through the SDK's own client as raw
-GETs, because the SDK's converters drop ``batchStats`` and the operation ``error``.
-SDK and transport exceptions become ``runner.errors`` types in :func:`_translate`.
+timeout on every call. Reads (get, list, download, upload) retry transient errors with
+back-off that honours RetryInfo; creates never retry here (a failed create may have happened:
+the engine resolves it by listing). Job reads and creates go through the SDK's own client as
+raw calls: its converters drop ``batchStats`` and the operation ``error`` from replies, and
+every request field they do not know (``labels``, ``serviceTier``, ``store``...) from inline
+requests. Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
+transient vs permanent to ``runner.core.failures.classify``.
 Constructed by the CLI; called by the engine.
 """
 
@@ -16,7 +18,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,19 +29,22 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from runner.core.jobs import JobState, RemoteJob
+from runner.core import failures
+from runner.core.jobs import INLINE_MAX_REQUESTS, JobState, RemoteJob
 from runner.core.ports import UploadedFile
 from runner.errors import (
     BackendError,
     PermanentBackendError,
+    ResultsMismatchError,
     TransientBackendError,
     UnclearCreateError,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
 JSONL_MIME = "application/jsonl"
+RETRY_DELAY_S = 2.0  # first wait after a transient error that names none
+PROCESSING_WAIT_S = 600.0  # how long an upload may stay PROCESSING (video) before we retry
 
 
 class GeminiBackend:
@@ -60,6 +65,8 @@ class GeminiBackend:
         if base_url:
             options.base_url = base_url
         self._client = genai.Client(api_key=api_key, http_options=options)
+        # Named in connection errors: the SDK's resolved one (argument, env var or Google's).
+        self.base_url = str(self._client._api_client._http_options.base_url or "").rstrip("/")
         self._read_attempts = read_attempts
         self._max_backoff_s = max_backoff_s
         self._sleep = sleep
@@ -67,17 +74,16 @@ class GeminiBackend:
 
     # -- files -------------------------------------------------------------------------------
     def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
-        return self._upload(path, mime_type=JSONL_MIME, display_name=display_name)
+        return self._uploaded(path, mime_type=JSONL_MIME, display_name=display_name)
 
     def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
         """Upload a media file; returned once the service has it ACTIVE (videos process)."""
-        return self._upload(path, mime_type=mime_type, display_name=display_name)
+        return self._uploaded(path, mime_type=mime_type, display_name=display_name)
 
-    def _upload(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
+    def _uploaded(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
         def upload() -> UploadedFile:
-            uploaded = self._client.files.upload(
-                file=str(path),
-                config=types.UploadFileConfig(mime_type=mime_type, display_name=display_name),
+            uploaded = self._active(
+                self._upload(path, mime_type=mime_type, display_name=display_name)
             )
             if not uploaded.name:
                 raise PermanentBackendError("upload returned a file without a name")
@@ -90,6 +96,24 @@ class GeminiBackend:
             )
 
         return self._read(upload, what=f"upload {path.name}")
+
+    def _active(self, uploaded: types.File) -> types.File:
+        """Wait (bounded) while the service processes an upload (videos): a file is used
+        only once it is ACTIVE."""
+        waited = 0.0
+        while uploaded.state == types.FileState.PROCESSING and uploaded.name:
+            if waited >= PROCESSING_WAIT_S:
+                raise TransientBackendError(
+                    f"{uploaded.name} is still processing after {waited:.0f}s",
+                    status="PROCESSING",
+                    delay=RETRY_DELAY_S,
+                )
+            self._sleep(RETRY_DELAY_S)
+            waited += RETRY_DELAY_S
+            uploaded = self._client.files.get(name=uploaded.name)
+        if uploaded.state == types.FileState.FAILED:
+            raise PermanentBackendError(f"the service could not process {uploaded.name}")
+        return uploaded
 
     def file_exists(self, name: str) -> bool:
         def get() -> bool:
@@ -113,33 +137,86 @@ class GeminiBackend:
 
         self._read(delete, what=f"delete {name}")
 
+    def _upload(self, path: Path, *, mime_type: str, display_name: str) -> types.File:
+        """``files.upload`` in its two steps, so that the final reply's body can be read.
+
+        The final reply can be HTTP 200 with an error body and no ``file`` (python-genai
+        #1547, #1590: "Unsupported MIME type: jsonl", now and then for a type accepted the
+        moment before); ``files.upload`` then raises a bare ``KeyError('file')`` and the
+        server's words are lost. Here it is a failed upload with those words, worth a retry.
+        """
+        size = path.stat().st_size
+        start = self._client.files._create(
+            file=types.File(display_name=display_name, mime_type=mime_type, size_bytes=size),
+            config=types.CreateFileConfig(
+                http_options=types.HttpOptions(
+                    headers={
+                        "Content-Type": "application/json",
+                        "X-Goog-Upload-Protocol": "resumable",
+                        "X-Goog-Upload-Command": "start",
+                        "X-Goog-Upload-Header-Content-Length": str(size),
+                        "X-Goog-Upload-Header-Content-Type": mime_type,
+                    }
+                ),
+                should_return_http_response=True,
+            ),
+        )
+        headers = (start.sdk_http_response.headers if start.sdk_http_response else None) or {}
+        url = headers.get("x-goog-upload-url")
+        if not url:
+            raise TransientBackendError(
+                "the upload was not started: no upload URL in the reply",
+                status="UPLOAD_FAILED",
+                delay=RETRY_DELAY_S,
+            )
+        reply = self._client._api_client.upload_file(str(path), url, size).json
+        body: dict[str, Any] = reply if isinstance(reply, dict) else {}
+        if not isinstance(body.get("file"), dict):
+            error = body.get("error")
+            said = (
+                " ".join(str(error.get(k, "")) for k in ("code", "status", "message")).strip()
+                if isinstance(error, dict)
+                else ""
+            )
+            raise TransientBackendError(
+                f"the upload's final reply was an error: {said or str(reply)[:200] or 'empty'}",
+                status="UPLOAD_FAILED",
+                delay=RETRY_DELAY_S,
+            )
+        return types.File._from_response(response=body["file"], kwargs={})
+
     # -- batches -----------------------------------------------------------------------------
     def create_job(
         self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
     ) -> RemoteJob:
-        src: Any
+        """Create a batch job; the body is written here, so inline requests go as they are.
+
+        Inline requests go sorted by key: when their answers come back without metadata,
+        :meth:`download_results` matches them by that order.
+        """
+        source: dict[str, Any]
         if src_file is not None:
-            src = src_file
+            source = {"fileName": src_file}
         elif inline is not None:
-            with inline.open() as lines:
-                src = [_inlined_request(json.loads(line)) for line in lines if line.strip()]
+            source = {"requests": {"requests": _inlined_requests(inline)}}
         else:
             raise ValueError("create_job needs src_file or inline")
+        body = {"batch": {"displayName": display_name, "inputConfig": source}}
+        what = f"create {display_name}"
+        path = f"{_model_path(model)}:batchGenerateContent"
         try:
-            job = self._client.batches.create(
-                model=model, src=src, config=types.CreateBatchJobConfig(display_name=display_name)
-            )
+            reply = self._raw("post", path, body)
         except Exception as exc:
-            error = self._translated(exc, f"create {display_name}")
-            if isinstance(error, TransientBackendError) and error.code != 429:
-                # 5xx, timeouts, dropped connections: the job may exist. 429 means it does not.
+            error = self._translated(exc, what)
+            if _may_have_created(error):
+                delay = error.delay if isinstance(error, TransientBackendError) else RETRY_DELAY_S
                 raise UnclearCreateError(
-                    str(error), code=error.code, status=error.status, delay=error.delay
+                    str(error), code=error.code, status=error.status, delay=delay
                 ) from exc
             raise error from exc
-        if not job.name:
-            raise UnclearCreateError(f"create {display_name}: reply had no job name")
-        return RemoteJob(name=job.name, display_name=display_name, state=JobState.PENDING)
+        if not reply.get("name"):
+            raise UnclearCreateError(f"{what}: reply had no job name")
+        return RemoteJob(name=str(reply["name"]), display_name=display_name, state=JobState.PENDING)
 
     def list_jobs(self, *, max_pages: int | None = None) -> Iterator[RemoteJob]:
         token: str | None = None
@@ -162,8 +239,18 @@ class GeminiBackend:
     def cancel_job(self, name: str) -> None:
         self._read(lambda: self._client.batches.cancel(name=name), what=f"cancel {name}")
 
-    def download_results(self, job: RemoteJob, dest: Path) -> None:
-        partial = dest.with_suffix(dest.suffix + ".part")
+    def download_results(
+        self, job: RemoteJob, dest: Path, *, keys: Collection[str] | None = None
+    ) -> None:
+        """Write the job's result lines to ``dest``.
+
+        Inline answers are keyed by their metadata. When none has metadata (python-genai
+        #2008, js-genai #1191) and there are as many as ``keys`` (the job's keys, in any
+        order), they are matched by position in the order :meth:`create_job` sent them.
+        Otherwise no key is invented: the raw operation is kept beside ``dest``
+        (``<dest>.raw.json``) and :class:`ResultsMismatchError` raised.
+        """
+        partial = dest.with_name(dest.name + ".part")
         if job.result_file:
             file_name = job.result_file
 
@@ -175,9 +262,21 @@ class GeminiBackend:
             operation = self._raw_get(_batch_path(job.name))
             output = operation.get("response") or operation.get("metadata", {}).get("output", {})
             inlined = output.get("inlinedResponses", {}).get("inlinedResponses", [])
+            matched = _match_inline(inlined, keys)
+            if matched is None:
+                raw = dest.with_name(dest.name + ".raw.json")
+                raw_partial = raw.with_name(raw.name + ".part")
+                raw_partial.write_text(json.dumps(operation, ensure_ascii=False))
+                raw_partial.replace(raw)
+                labelled = sum(1 for item in inlined if _inline_key(item) is not None)
+                raise ResultsMismatchError(
+                    f"{job.name}: {len(inlined)} inline answers ({labelled} with a key) for "
+                    f"{'an unknown number of' if keys is None else len(keys)} requests: "
+                    f"which answer is whose cannot be told; the raw output is in {raw}",
+                    raw_path=raw,
+                )
             with partial.open("w") as out:
-                for index, item in enumerate(inlined):
-                    key = (item.get("metadata") or {}).get("key", f"__line_{index + 1}")
+                for key, item in matched:
                     line = {"key": key}
                     line.update({k: item[k] for k in ("response", "error") if k in item})
                     out.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -198,10 +297,10 @@ class GeminiBackend:
 
         Not retried (a lost reply may have created it): the engine looks for it by name.
         """
-        config = types.CreateCachedContentConfig.model_validate(
-            {**body, "ttl": f"{int(ttl_s)}s", "displayName": display_name}
-        )
         try:
+            config = types.CreateCachedContentConfig.model_validate(
+                {**body, "ttl": f"{int(ttl_s)}s", "displayName": display_name}
+            )
             cache = self._client.caches.create(model=model, config=config)
         except Exception as exc:
             raise self._translated(exc, f"create cache {display_name}") from exc
@@ -240,12 +339,16 @@ class GeminiBackend:
         self._read(delete, what=f"delete {name}")
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _raw_get(self, path: str) -> dict[str, Any]:
-        def get() -> dict[str, Any]:
-            reply = self._client._api_client.request("get", path, {})
-            return json.loads(reply.body) if reply.body else {}
+    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call through the SDK's client (its auth, base URL, version and timeout)."""
+        reply = self._client._api_client.request(method, path, body or {})
+        parsed = json.loads(reply.body) if reply.body else {}
+        if not isinstance(parsed, dict):
+            raise json.JSONDecodeError("not a JSON object", str(reply.body)[:200], 0)
+        return parsed
 
-        return self._read(get, what=f"GET {path}")
+    def _raw_get(self, path: str) -> dict[str, Any]:
+        return self._read(lambda: self._raw("get", path), what=f"GET {path}")
 
     def _read(self, call: Callable[[], T], *, what: str) -> T:
         """Run an idempotent call, retrying transient failures with back-off."""
@@ -263,29 +366,62 @@ class GeminiBackend:
 
     def _translated(self, exc: Exception, what: str) -> BackendError:
         """``_translate``, counted in ``api_errors`` by HTTP code (or status) for metrics."""
-        error = _translate(exc, what)
+        error = _translate(exc, what, base_url=self.base_url)
         self.api_errors[str(error.code) if error.code else error.status or "transport"] += 1
         return error
 
 
-def _translate(exc: Exception, what: str) -> BackendError:
-    """The one place SDK and transport exceptions become gbatch errors."""
+def _translate(exc: Exception, what: str, *, base_url: str) -> BackendError:
+    """The one place SDK and transport exceptions become gbatch errors.
+
+    Each exception gets a code, a status and words here; whether it is worth retrying is
+    ``failures.classify``'s call. Nothing leaves unmapped: an exception nobody foresaw is
+    permanent (``UNEXPECTED``), so that a bug or a changed SDK shows instead of looping.
+    """
     if isinstance(exc, BackendError):
         return exc
+    code, status, delay = 0, "", RETRY_DELAY_S
     if isinstance(exc, genai_errors.APIError):
-        code = int(exc.code or 0)
-        status = exc.status or ""
+        code, status = int(exc.code or 0), exc.status or ""
         message = f"{what}: {code} {status}: {exc.message or ''}".strip()
-        if code in RETRYABLE_CODES:
-            return TransientBackendError(
-                message, code=code, status=status, delay=_retry_delay(exc) or 2.0
-            )
-        return PermanentBackendError(message, code=code, status=status)
-    if isinstance(exc, httpx2.TimeoutException):
-        return TransientBackendError(f"{what}: timed out", status="TIMEOUT", delay=2.0)
-    if isinstance(exc, httpx2.TransportError | OSError):
-        return TransientBackendError(f"{what}: {type(exc).__name__}: {exc}", delay=2.0)
-    raise exc
+        delay = _retry_delay(exc) or delay
+    elif isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | ConnectionRefusedError):
+        status = "CONNECTION"  # the request never left: nothing happened at the server
+        message = f"{what}: cannot reach the Gemini API at {base_url} ({_words(exc)})"
+    elif isinstance(exc, httpx2.TimeoutException):
+        status, message = "TIMEOUT", f"{what}: no reply from {base_url} in time"
+    elif isinstance(exc, httpx2.TransportError | ConnectionError):
+        status = "TRANSPORT"
+        message = f"{what}: the connection to {base_url} failed ({_words(exc)})"
+    elif isinstance(exc, json.JSONDecodeError):
+        status, message = "BAD_REPLY", f"{what}: the reply from {base_url} is not JSON ({exc})"
+    elif isinstance(exc, ValueError) and "not finalized" in str(exc):
+        # The SDK's upload: the last chunk's reply did not say "final".
+        status, message = "UPLOAD_FAILED", f"{what}: the upload was not finalized ({exc})"
+    elif isinstance(exc, OSError):
+        status, message = "TRANSPORT", f"{what}: {type(exc).__name__}: {exc}"
+    else:
+        status = "UNEXPECTED"
+        message = f"{what}: unexpected {type(exc).__module__}.{type(exc).__name__}: {exc}"
+    if failures.classify(code=code, status=status).retryable:
+        return TransientBackendError(message, code=code, status=status, delay=delay)
+    return PermanentBackendError(message, code=code, status=status)
+
+
+def _words(exc: Exception) -> str:
+    """An exception's message without the errno prefix: 'connection refused'."""
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc)).strip() or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _may_have_created(error: BackendError) -> bool:
+    """Whether a failed create may have made the job anyway (then: find it by listing).
+
+    Not when the server answered 4xx (429 included: refused) or the connection was never
+    made; a 5xx, a timeout, a dropped connection or a reply nobody could read all may
+    follow a create that happened.
+    """
+    return not (400 <= error.code < 500 or error.status == "CONNECTION")
 
 
 def _in_48h() -> datetime:
@@ -313,6 +449,14 @@ def _batch_path(name: str) -> str:
     return name
 
 
+def _model_path(model: str) -> str:
+    """``models/<id>`` for a model id (as the SDK's ``t_model`` does)."""
+    name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+    if not re.fullmatch(r"(models|tunedModels)/[A-Za-z0-9._-]+", name):
+        raise PermanentBackendError(f"not a model name: {model!r}")
+    return name
+
+
 def _remote_job(operation: dict[str, Any]) -> RemoteJob:
     """A RemoteJob from the wire's Operation envelope (or a bare batch resource)."""
     meta = operation.get("metadata", operation)
@@ -331,17 +475,45 @@ def _remote_job(operation: dict[str, Any]) -> RemoteJob:
     )
 
 
-def _inlined_request(line: dict[str, Any]) -> dict[str, Any]:
-    """A ``{"key","request"}`` line as the SDK's InlinedRequest (config holds the rest)."""
-    request = dict(line["request"])
-    config: dict[str, Any] = dict(request.pop("generationConfig", {}) or {})
-    for field in ("systemInstruction", "tools", "toolConfig", "safetySettings", "cachedContent"):
-        if field in request:
-            config[field] = request.pop(field)
-    inlined: dict[str, Any] = {
-        "contents": request.pop("contents"),
-        "metadata": {"key": str(line["key"])},
-    }
-    if config:
-        inlined["config"] = config
-    return inlined
+def _sent_order(keys: Iterable[str]) -> list[str]:
+    """The order inline requests are sent in, and so the order of answers without keys."""
+    return sorted(keys)
+
+
+def _inlined_requests(inline: Path) -> list[dict[str, Any]]:
+    """``{"key","request"}`` JSONL lines as the wire's inlined requests, every field kept.
+
+    The request goes as it is: the SDK's InlinedRequest carries ``contents`` and a
+    GenerateContentConfig only, so fields it does not know would be dropped on the way.
+    """
+    with inline.open() as handle:
+        entries = [json.loads(line) for line in handle if line.strip()]
+    lines = {str(entry["key"]): entry for entry in entries}
+    if len(lines) != len(entries):
+        raise PermanentBackendError(f"{inline}: a key occurs twice; answers could be mixed up")
+    if len(lines) > INLINE_MAX_REQUESTS:
+        raise PermanentBackendError(
+            f"{len(lines)} requests is too many to send inline "
+            f"(at most {INLINE_MAX_REQUESTS}); upload them as a file"
+        )
+    return [
+        {"request": lines[key]["request"], "metadata": {"key": key}} for key in _sent_order(lines)
+    ]
+
+
+def _inline_key(item: dict[str, Any]) -> str | None:
+    metadata = item.get("metadata")
+    key = metadata.get("key") if isinstance(metadata, dict) else None
+    return None if key is None else str(key)
+
+
+def _match_inline(
+    items: list[dict[str, Any]], keys: Collection[str] | None
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """Each inline answer with its key: from its metadata, else by position; None if unsure."""
+    labels = [_inline_key(item) for item in items]
+    if all(label is not None for label in labels):
+        return [(str(label), item) for label, item in zip(labels, items, strict=True)]
+    if keys is not None and len(keys) == len(items) and all(label is None for label in labels):
+        return list(zip(_sent_order(keys), items, strict=True))
+    return None

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters.duck import Connection, literal, path_list, shared_memory
-
-# Per-line error codes that the same request will hit again: not worth paying for twice.
-PERMANENT_CODES = (400, 401, 403, 404)
+from runner.core import failures
 
 
 @dataclass(frozen=True)
@@ -265,33 +264,60 @@ def set_digest(path: Path) -> str:
     return str(row[0])
 
 
+# A result line's error code (gRPC or HTTP) and status string, as SQL over its ``error`` JSON.
+_LINE_CODE = "try_cast(json_extract(error, '$.code') as integer)"
+_LINE_STATUS = "json_extract_string(error, '$.status')"
+
+
+def _retryable_sql(*, code: str, status: str) -> str:
+    """``failures.classify(code=, status=).retryable`` as a SQL expression, from its tables.
+
+    ``code`` and ``status`` are SQL expressions (NULL when absent); a NULL code is retryable.
+    """
+
+    def strings(values: frozenset[str]) -> str:
+        return ", ".join(literal(v) for v in sorted(values))
+
+    def ints(values: Iterable[int]) -> str:
+        return ", ".join(str(v) for v in sorted(values))
+
+    http = failures.PERMANENT_HTTP
+    return f"""(case
+        when {status} in ({strings(failures.PERMANENT_STATUSES)}) then false
+        when {status} in ({strings(failures.TRANSIENT_STATUSES)}) then true
+        when {code} is null then true
+        when {code} < {failures.HTTP_MIN} then {code} not in ({ints(failures.PERMANENT_GRPC)})
+        else not ({code} >= {http.start} and {code} < {http.stop}
+                  and {code} not in ({ints(failures.TRANSIENT_HTTP_4XX)}))
+    end)"""
+
+
 def record_outcome(
     *, job_requests: Path, result_file: Path | None, job_error: str | None, out: Path
 ) -> Outcome:
     """Write the ledger rows of a finished job: one per requested key.
 
-    Lines with a response are succeeded; an error line is failed (retryable unless its code
-    is permanent); a requested key with no line (truncated file, failed or expired job) is
-    failed and retryable.
+    Lines with a response are succeeded; an error line is failed (retryable unless
+    ``failures.classify`` calls its code or status permanent); a requested key with no line
+    (truncated file, failed or expired job) is failed and retryable.
     """
     con = shared_memory()
     if result_file is not None and result_file.exists() and result_file.stat().st_size > 0:
         lines = (
             f"select key::varchar as key, response is not null and error is null ok, "
-            f"try_cast(json_extract(error, '$.code') as integer) code "
+            f"{_retryable_sql(code=_LINE_CODE, status=_LINE_STATUS)} retryable "
             f"from read_json({literal(str(result_file))}, format='newline_delimited', "
             "columns={'key': 'VARCHAR', 'response': 'JSON', 'error': 'JSON'}, ignore_errors=true)"
         )
     else:
-        lines = "select ''::varchar as key, false ok, 0 code where false"
-    permanent = ", ".join(str(c) for c in PERMANENT_CODES)
+        lines = "select ''::varchar as key, false ok, true retryable where false"
     reason = json.dumps(job_error) if job_error else None
     _atomic_copy(
         con,
         f"""
         select r.key, r.request_hash,
             case when bool_or(x.ok) then 'succeeded' else 'failed' end status,
-            not bool_or(coalesce(x.code in ({permanent}), false)) retryable,
+            coalesce(bool_and(x.retryable), true) retryable,
             case when count(x.key) = 0 then {literal(reason or "no result line")}
                  else null end reason
         from read_parquet({literal(str(job_requests))}) r
@@ -316,6 +342,16 @@ def sample_requests(*, desired: Path, to_submit: Path, limit: int) -> list[str]:
         f"select d.request from read_parquet({literal(str(desired))}) d "
         f"semi join read_parquet({literal(str(to_submit))}) s using (key) "
         f"order by d.key limit {int(limit)}"
+    ).fetchall()
+    con.close()
+    return [str(r[0]) for r in rows]
+
+
+def job_keys(job_requests: Path) -> list[str]:
+    """The keys a job carries, in key order (an inline job's answers may need them)."""
+    con = shared_memory()
+    rows = con.execute(
+        f"select key from read_parquet({literal(str(job_requests))}) order by key"
     ).fetchall()
     con.close()
     return [str(r[0]) for r in rows]

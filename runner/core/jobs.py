@@ -34,6 +34,11 @@ class JobState(StrEnum):
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 
+# Most requests one job may send inline. Inline answers may come back without their metadata
+# (python-genai #2008, js-genai #1191) and are then matched by position, which the docs
+# promise but python-genai #1909 saw broken at 10k+ requests: stay well below that.
+INLINE_MAX_REQUESTS = 1_000
+
 
 @dataclass(frozen=True)
 class RemoteJob:

@@ -5,7 +5,7 @@ Adapters implement them (``runner.adapters.gemini.GeminiBackend``); tests may pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,8 +64,14 @@ class Backend(Protocol):
 
     def cancel_job(self, name: str) -> None: ...
 
-    def download_results(self, job: RemoteJob, dest: Path) -> None:
-        """Write the job's result lines (``{"key", "response"|"error"}``) to ``dest``."""
+    def download_results(
+        self, job: RemoteJob, dest: Path, *, keys: Collection[str] | None = None
+    ) -> None:
+        """Write the job's result lines (``{"key", "response"|"error"}``) to ``dest``.
+
+        ``keys``: an inline job's keys, to match answers that come back without metadata.
+        Raises ResultsMismatchError (raw output kept beside ``dest``) when they can't be.
+        """
         ...
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...

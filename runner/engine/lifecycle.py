@@ -25,7 +25,7 @@ from runner.adapters import ledger, media, sources
 from runner.adapters.state import JobRow
 from runner.core.clock import parse_time, stamp
 from runner.core.durations import parse_duration
-from runner.core.jobs import JobState, RemoteJob
+from runner.core.jobs import INLINE_MAX_REQUESTS, JobState, RemoteJob
 from runner.core.lifecycle import (
     TO_SUBMIT,
     Action,
@@ -48,6 +48,7 @@ from runner.engine.runtime import Runtime, log
 from runner.errors import (
     BackendError,
     PermanentBackendError,
+    ResultsMismatchError,
     TransientBackendError,
     UnclearCreateError,
 )
@@ -251,7 +252,7 @@ def _upload(rt: Runtime, job: JobRow) -> JobRow:
     cache_name = caching.name_for(rt, job.manifest, job.cache_digest) if job.cache_digest else None
     uris = _media_uris(rt, job)
     sources.write_jsonl(Path(job.request_file), path, cache_name=cache_name, media_uris=uris)
-    if job.bytes <= rt.settings.inline_max_bytes:
+    if job.bytes <= rt.settings.inline_max_bytes and job.requests <= INLINE_MAX_REQUESTS:
         return rt.state.transition(job.id, Phase.UPLOADED, inline=1)
     uploaded = rt.backend.upload_jsonl(path, display_name=job.display_name)
     crashpoints.reached("uploaded")
@@ -398,27 +399,40 @@ def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
     produced = remote.result_file is not None or bool(job.inline)
-    if remote.state is JobState.SUCCEEDED:
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            rt.backend.download_results(remote, dest)
-            if _complete(dest, job.requests) or attempt == DOWNLOAD_ATTEMPTS:
-                break
-            log.warning("%s: result file incomplete, downloading again", remote.name)
-        error = None
-    else:
-        error = remote.error or job.cancel_reason or job.error or f"job {remote.state.value}"
-        if produced:  # a cancelled or failed job may carry the answers it had already given
-            try:
-                rt.backend.download_results(remote, dest)
-            except PermanentBackendError as exc:
-                log.warning("%s: no partial results (%s)", remote.name, exc)
-                dest.unlink(missing_ok=True)
+    keys = ledger.job_keys(Path(job.request_file)) if job.inline else None
+    try:
+        if remote.state is JobState.SUCCEEDED:
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                rt.backend.download_results(remote, dest, keys=keys)
+                if _complete(dest, job.requests) or attempt == DOWNLOAD_ATTEMPTS:
+                    break
+                log.warning("%s: result file incomplete, downloading again", remote.name)
+            error = None
+        else:
+            error = remote.error or job.cancel_reason or job.error or f"job {remote.state.value}"
+            if produced:  # a cancelled or failed job may carry the answers it had already given
+                try:
+                    rt.backend.download_results(remote, dest, keys=keys)
+                except ResultsMismatchError:
+                    raise
+                except PermanentBackendError as exc:
+                    log.warning("%s: no partial results (%s)", remote.name, exc)
+                    dest.unlink(missing_ok=True)
+            ledger.complete_with_errors(
+                job_requests=Path(job.request_file),
+                result_file=dest,
+                message=f"batch job {remote.name} ended {remote.state.value}: {error}",
+                status=terminal_outcome(remote.state),
+            )
+    except ResultsMismatchError as exc:
+        # paid answers that cannot be told apart: kept raw, never resent, and said loudly
+        error = f"{exc} (raw output kept at {exc.raw_path})"
+        dest.unlink(missing_ok=True)
         ledger.complete_with_errors(
-            job_requests=Path(job.request_file),
-            result_file=dest,
-            message=f"batch job {remote.name} ended {remote.state.value}: {error}",
-            status=terminal_outcome(remote.state),
+            job_requests=Path(job.request_file), result_file=dest, message=error, status=exc.status
         )
+        rt.state.update_manifest(job.manifest, last_error=error)
+        log.error("%s: %s", job.manifest, error)
     crashpoints.reached("downloaded")
     rt.state.transition(job.id, Phase.DOWNLOADED, error=error)
     rt.state.event(

@@ -1,5 +1,6 @@
 """The ledger's set work on real Parquet files: diff verdicts, chunking, outcomes."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import duckdb
 import pytest
 
 from runner.adapters import ledger
+from runner.core import failures
 
 
 def write_set(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -240,8 +242,112 @@ def test_a_failed_job_fails_every_row_retryably(tmp_path: Path) -> None:
     assert diff.retry == 2
 
 
+def test_lines_of_a_job_whose_answers_could_not_be_matched_are_not_retried(
+    tmp_path: Path,
+) -> None:
+    """ResultsMismatchError's status on the engine's per-line errors: paid for, not resent."""
+    desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2")])
+    (job,) = ledger.chunk(
+        desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6, out_dir=tmp_path
+    )
+    lines = tmp_path / "mismatch.jsonl"
+    ledger.complete_with_errors(
+        job_requests=job.path,
+        result_file=lines,
+        message="answers not matched",
+        status="RESULTS_MISMATCH",
+    )
+    ledger.record_outcome(
+        job_requests=job.path, result_file=lines, job_error=None, out=tmp_path / "l" / "1.parquet"
+    )
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=tmp_path / "l",
+        in_flight=[],
+        previous=desired,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
+    assert (diff.retry, diff.exhausted, diff.submit_requests) == (0, 2, 0)
+
+
 def test_set_digest_depends_on_content_not_order(tmp_path: Path) -> None:
     one = write_set(tmp_path / "1.parquet", [("a", "1"), ("b", "2")])
     two = write_set(tmp_path / "2.parquet", [("b", "2"), ("a", "1")])
     three = write_set(tmp_path / "3.parquet", [("a", "1"), ("b", "3")])
     assert ledger.set_digest(one) == ledger.set_digest(two) != ledger.set_digest(three)
+
+
+def test_grpc_invalid_argument_lines_are_not_retried_but_grpc_internal_ones_are(
+    tmp_path: Path,
+) -> None:
+    """Result lines carry google.rpc.Status: gRPC codes, usually with no status string."""
+    desired = write_set(tmp_path / "d.parquet", [("a", "1"), ("b", "2"), ("c", "3")])
+    (job,) = ledger.chunk(
+        desired=desired, to_submit=desired, max_requests=10, max_bytes=10**6, out_dir=tmp_path
+    )
+    lines = [
+        '{"key": "a", "error": {"code": 3, "message": "Request contains an invalid argument."}}',
+        '{"key": "b", "error": {"code": 13, "message": "Internal error encountered."}}',
+        '{"key": "c", "error": {"code": 7, "message": "denied", "status": "PERMISSION_DENIED"}}',
+    ]
+    ledger.record_outcome(
+        job_requests=job.path,
+        result_file=results_file(tmp_path / "r.jsonl", lines),
+        job_error=None,
+        out=tmp_path / "ledger" / "1.parquet",
+    )
+    diff = ledger.diff(
+        desired=desired,
+        ledger_dir=tmp_path / "ledger",
+        in_flight=[],
+        previous=desired,
+        retries=2,
+        out=tmp_path / "s.parquet",
+    )
+    assert (diff.retry, diff.exhausted) == (1, 2)
+    assert keys(tmp_path / "s.parquet") == ["b"]
+
+
+def test_the_ledgers_sql_and_the_classifier_agree_on_every_code_and_status(
+    tmp_path: Path,
+) -> None:
+    """One definition: record_outcome's SQL is generated from failures' tables; pin it."""
+    codes: list[int | None] = [None, -1, *range(0, 21), *range(100, 600), 1000]
+    statuses: list[str | None] = [
+        None,
+        "",
+        "SOMETHING_NEW",
+        "invalid_argument",
+        *sorted(failures.PERMANENT_STATUSES),
+        *sorted(failures.TRANSIENT_STATUSES),
+    ]
+    cases = list(itertools.product(codes, statuses))
+    desired = write_set(tmp_path / "d.parquet", [(f"k{i:05}", str(i)) for i in range(len(cases))])
+    lines = []
+    for i, (code, status) in enumerate(cases):
+        error: dict[str, object] = {"message": "m"}
+        if code is not None:
+            error["code"] = code
+        if status is not None:
+            error["status"] = status
+        lines.append(json.dumps({"key": f"k{i:05}", "error": error}))
+    ledger.record_outcome(
+        job_requests=desired,
+        result_file=results_file(tmp_path / "r.jsonl", lines),
+        job_error=None,
+        out=tmp_path / "out.parquet",
+    )
+    con = duckdb.connect()
+    got = dict(
+        con.execute(
+            f"select key, retryable from read_parquet('{tmp_path / 'out.parquet'}')"
+        ).fetchall()
+    )
+    con.close()
+    wanted = {
+        f"k{i:05}": failures.classify(code=code, status=status).retryable
+        for i, (code, status) in enumerate(cases)
+    }
+    assert got == wanted
+    assert sum(not v for v in wanted.values()) > 1000  # both verdicts are exercised
