@@ -4,6 +4,9 @@ Routes ``/v1beta/...`` and ``/v1/...`` (files, resumable upload, download, batch
 countTokens) to ``runner.emulator.service``; answers in the Google error envelope; applies
 injected faults (status codes, hangs, dropped connections, truncated downloads); records
 every call. ``/_emulator/...`` lets another process inject faults and read the record.
+
+A call is recorded before the first byte of its reply goes out, so a client that has its
+reply always finds the call in the record (``Emulator.count`` right after a call is exact).
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def _page(items: list[Any], query: dict[str, list[str]], key: str) -> dict[str, 
 
 class Handler(BaseHTTPRequestHandler):
     server: EmulatorHTTPServer
+    _call: tuple[str, str, str] | None = None  # (method, path, endpoint) until recorded
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as separate writes
 
@@ -115,6 +119,18 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
     # -- plumbing ----------------------------------------------------------------------------
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Every reply starts here, before any of its bytes are written: record the call."""
+        self._record(code)
+        super().send_response(code, message)
+
+    def _record(self, status: int) -> None:
+        """Record the call being served, once (status 0: no reply)."""
+        call = self._call
+        if call is not None:
+            self._call = None
+            self.server.record(Call(*call, status, time.time()))
+
     def _dispatch(self, method: str) -> None:
         self._body_read = False
         parsed = urlparse(self.path)
@@ -124,8 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             endpoint = "files.upload"
         else:
             endpoint, groups = self._route(method, parsed.path)
-        status = 200
-        recorded = False
+        self._call = (method, parsed.path, endpoint)
         try:
             fault = None
             if not endpoint.startswith("admin."):
@@ -141,25 +156,21 @@ class Handler(BaseHTTPRequestHandler):
             handler: Callable[..., Any] = getattr(self, "_" + endpoint.replace(".", "_"))
             result = handler(*groups, query=query, fault=fault)
             if fault and fault.kind == "hang":  # it acted; the reply never comes
-                self.server.record(Call(method, parsed.path, endpoint, 0, time.time()))
-                recorded = True
+                self._record(0)
                 self.server.stopping.wait()
                 raise _Dropped
             if result is not None:
                 self._send_json(200, result)
         except ApiError as exc:
-            status = exc.code
             if not self._body_read:
                 self._drain_body()  # keep-alive: the next request must start clean
             self._send_error(exc)
         except _Dropped:
-            status = 0
             self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
-            status = 0
+            pass
         finally:
-            if not recorded:
-                self.server.record(Call(method, parsed.path, endpoint, status, time.time()))
+            self._record(0)  # no reply went out (dropped, hung, or the client went away)
 
     def _route(self, method: str, path: str) -> tuple[str, tuple[str, ...]]:
         for verb, pattern, endpoint in ROUTES:

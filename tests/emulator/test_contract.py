@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from runner.emulator import Emulator, EmulatorConfig, Fault
+from runner.emulator import Call, Emulator, EmulatorConfig, Fault
+from runner.emulator.server import Handler
 
 
 @pytest.fixture
@@ -132,6 +134,59 @@ def test_list_pages_cancel_and_delete(emu: Emulator, tmp_path: Path) -> None:
     with pytest.raises(errors.ClientError) as missing:
         c.batches.get(name=jobs[1].name)  # type: ignore[arg-type]
     assert (missing.value.code, missing.value.status) == (404, "NOT_FOUND")
+
+
+def test_every_call_is_recorded_before_its_reply_goes_out(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that has its reply finds its call counted (#15: the list test above saw 2 of
+    its 3 pages counted under load).
+
+    A reply's first bytes leave with its headers (``end_headers``); a call recorded after
+    that, by the same handler thread within the same request, was recorded too late.
+    """
+    replying: set[int] = set()  # handler threads whose current reply has started
+    late: list[str] = []
+    parse_request, end_headers = Handler.parse_request, Handler.end_headers
+    record = emu._server.record
+
+    def new_request(self: Handler) -> bool:
+        replying.discard(threading.get_ident())
+        return parse_request(self)
+
+    def headers_out(self: Handler) -> None:
+        replying.add(threading.get_ident())
+        end_headers(self)
+
+    def counted(call: Call) -> None:
+        if threading.get_ident() in replying:
+            late.append(f"{call.endpoint} {call.status}")
+        record(call)
+
+    monkeypatch.setattr(Handler, "parse_request", new_request)
+    monkeypatch.setattr(Handler, "end_headers", headers_out)
+    monkeypatch.setattr(emu._server, "record", counted)
+    c = client(emu)
+    name = c.files.upload(  # start, then the finalize chunk
+        file=str(seed_file(tmp_path / "r.jsonl")), config={"mime_type": "application/jsonl"}
+    ).name
+    job = c.batches.create(model="gemini-2.5-flash", src=name, config={"display_name": "n"})  # type: ignore[arg-type]
+    assert [j.name for j in c.batches.list(config={"page_size": 1})] == [job.name]
+    with pytest.raises(errors.ClientError):  # an error reply
+        c.batches.get(name="batches/" + "x" * 36)
+    emu.advance(21)
+    done = c.batches.get(name=job.name)  # type: ignore[arg-type]
+    assert len(c.files.download(file=done.dest.file_name).splitlines()) == 3  # type: ignore[arg-type,union-attr]
+    assert late == []
+    assert [(call.endpoint, call.status) for call in emu.calls] == [
+        ("files.upload", 200),
+        ("files.upload", 200),
+        ("batches.create", 200),
+        ("batches.list", 200),
+        ("batches.get", 404),
+        ("batches.get", 200),
+        ("files.download", 200),
+    ]
 
 
 def test_a_multi_chunk_upload_round_trips_byte_for_byte(emu: Emulator, tmp_path: Path) -> None:
