@@ -8,6 +8,14 @@ the tests, the demo and ``gbatch emulator``. Imports nothing of the runner.
         client = genai.Client(api_key="x", http_options={"base_url": emu.base_url})
         emu.add_fault(Fault(endpoint="batches.create", status=429, times=3))
         emu.count("batches.create")
+
+By default it answers in the shapes recorded from the real service (tests/fixtures/recorded,
+whose README names each source): 36-character lowercase batch ids, the result file
+``files/batch-<batch id>`` (which ``files.get`` / ``files.delete`` refuse with 400, the id
+being over 40 characters, while download works), ``modelVersion`` as the model id, usage with
+``promptTokensDetails``, ``batchStats`` from creation on, a cancelled job ending with the
+Operation ``error`` {code 1}, and failed lines carrying a google.rpc.Status (gRPC ``code``
+and ``message``, no ``status``).
 """
 
 from __future__ import annotations

@@ -261,7 +261,7 @@ def test_caches_crud_expiry_and_a_line_that_names_an_expired_cache(
         )
     }  # type: ignore[arg-type,union-attr]
     assert out["k"]["response"]["usageMetadata"]["cachedContentTokenCount"] > 0
-    assert out["both"]["error"]["code"] == 400
+    assert out["both"]["error"] == {"code": 3, "message": out["both"]["error"]["message"]}
     emu.advance(7200)
     with pytest.raises(errors.ClientError):
         c.caches.get(name=cache.name)
@@ -276,7 +276,7 @@ def test_caches_crud_expiry_and_a_line_that_names_an_expired_cache(
             .splitlines(),
         )
     }  # type: ignore[arg-type,union-attr]
-    assert out["k"]["error"]["code"] == 404
+    assert out["k"]["error"]["code"] == 5  # google.rpc.Code NOT_FOUND
 
 
 def test_count_tokens_agrees_with_usage(emu: Emulator) -> None:
@@ -428,4 +428,4 @@ def test_a_malformed_line_fails_alone(emu: Emulator, tmp_path: Path) -> None:
         for x in map(json.loads, c.files.download(file=done.dest.file_name).decode().splitlines())
     }  # type: ignore[arg-type,union-attr]
     assert "response" in out["ok"]
-    assert out["line-2"]["error"]["code"] == 400 and out["empty"]["error"]["code"] == 400
+    assert out["line-2"]["error"]["code"] == 3 and out["empty"]["error"]["code"] == 3
