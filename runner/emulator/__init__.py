@@ -16,6 +16,31 @@ being over 40 characters, while download works), ``modelVersion`` as the model i
 ``promptTokensDetails``, ``batchStats`` from creation on, a cancelled job ending with the
 Operation ``error`` {code 1}, and failed lines carrying a google.rpc.Status (gRPC ``code``
 and ``message``, no ``status``).
+
+Faults (``Emulator.add_fault``, or POST the same fields as JSON to ``/_emulator/faults``).
+Each applies to the first ``times`` matching calls (default 1; None: every one); ``endpoint``
+names the call (``files.upload``, ``files.download``, ``batches.create``, ``batches.list``,
+``batches.get``, ..., or ``*``) and ``match`` narrows it to calls whose path contains the
+text (job faults: the job's display name).
+
+Call faults:
+    status=N              reply HTTP N in the error envelope (429 carries a RetryInfo of
+                          ``retry_delay_s``), without acting
+    kind="drop"           close the connection without a reply, without acting
+    kind="hang"           act (a create creates its job), then never reply
+    kind="truncate"       files.download: send half the file, then close
+    kind="error_body"     files.upload: refuse the upload at its finalize chunk with HTTP 200,
+                          ``x-goog-upload-status: final`` and the body ``{"error": {"code":
+                          400, "message": "Unsupported MIME type: <type>", "status":
+                          "INVALID_ARGUMENT"}}``, no ``file`` (python-genai #1547, #1590);
+                          nothing is stored
+Job faults (endpoint ``batches.create``; they shape the job created):
+    job_outcome=FAILED | EXPIRED | CANCELLED | PENDING_FOREVER
+    fail_lines_fraction=F   that share of lines fail with {code 13, INTERNAL}
+    drop_inline_metadata    inline answers come back without their ``metadata``
+                            (python-genai #2008, js-genai #1191)
+    inline_out_of_order     inline answers come back in reverse input order
+                            (python-genai #1909)
 """
 
 from __future__ import annotations

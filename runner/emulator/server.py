@@ -2,8 +2,9 @@
 
 Routes ``/v1beta/...`` and ``/v1/...`` (files, resumable upload, download, batches, caches,
 countTokens) to ``runner.emulator.service``; answers in the Google error envelope; applies
-injected faults (status codes, hangs, dropped connections, truncated downloads); records
-every call. ``/_emulator/...`` lets another process inject faults and read the record.
+injected faults (status codes, hangs, dropped connections, truncated downloads, an upload
+refused in a 200 body); records every call. ``/_emulator/...`` lets another process inject
+faults and read the record.
 
 A call is recorded before the first byte of its reply goes out, so a client that has its
 reply always finds the call in the record (``Emulator.count`` right after a call is exact).
@@ -147,7 +148,12 @@ class Handler(BaseHTTPRequestHandler):
                 key = self.headers.get("x-goog-api-key")
                 if not key and "upload_id" not in query:  # the upload URL is the credential
                     raise ApiError(403, "PERMISSION_DENIED", "API key missing")
-                fault = self.server.service.take_fault(endpoint, self.path, job=False)
+                finalize = "upload_id" in query and "finalize" in self.headers.get(
+                    "X-Goog-Upload-Command", ""
+                )
+                fault = self.server.service.take_fault(
+                    endpoint, self.path, job=False, finalize=finalize
+                )
                 if fault and fault.status and fault.kind is None:
                     self._drain_body()
                     raise self._fault_error(fault)
@@ -254,6 +260,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- files -------------------------------------------------------------------------------
     def _files_upload(self, *_: str, query: dict[str, list[str]], fault: Fault | None) -> Any:
+        """Start a resumable upload, or take one of its chunks (``upload_id`` in the query).
+
+        Fault ``kind="error_body"`` on the finalize chunk: HTTP 200, ``x-goog-upload-status:
+        final``, and an error body with no ``file`` (the SDK then raises ``KeyError('file')``).
+        """
         service = self.server.service
         if "upload_id" not in query:
             body = self._body()
@@ -286,6 +297,9 @@ class Handler(BaseHTTPRequestHandler):
         command = self.headers.get("X-Goog-Upload-Command", "")
         if "finalize" not in command:
             self._send_json(200, {}, {"x-goog-upload-status": "active"})
+            return None
+        if fault is not None and fault.kind == "error_body":
+            self._send_json(200, service.fail_upload(upload), {"x-goog-upload-status": "final"})
             return None
         stored = service.finish_upload(upload)
         version = "v1beta"

@@ -43,6 +43,9 @@ INLINE_LIMIT = 20 * 1024 * 1024
 # Lengths of the ids the real service hands out (recorded: batches/o08hk76gv328ihxcssjsgwt3g6
 # omtfysxi46, files/p1mds9fl15bs, cachedContents/0c5j38gpopx49ok6x7kedvbpy65d1bzkq8i5vldr).
 BATCH_ID_LENGTH, FILE_ID_LENGTH, CACHE_ID_LENGTH = 36, 12, 40
+# The upload's final reply seen as HTTP 200 with this body and no ``file``
+# (python-genai #1547, #1590); the message names the MIME type the upload declared.
+UPLOAD_ERROR = "Unsupported MIME type: {mime_type}"
 CANCELLED_MESSAGE = "The batch was cancelled."
 
 
@@ -57,12 +60,19 @@ class ApiError(Exception):
         self.retry_delay = retry_delay
 
 
+# Call-fault kinds that act only on the last call of a resumable upload (the finalize chunk).
+FINALIZE_KINDS = ("error_body",)
+
+
 @dataclass
 class Fault:
-    """Misbehaviour to inject. Call faults: ``status`` or ``kind`` (hang, drop, truncate) on
-    calls to ``endpoint`` whose path or body contains ``match``, for the first ``times`` of
-    them (None: always). Job faults, attached at batches.create: ``job_outcome`` (FAILED,
-    EXPIRED, CANCELLED, PENDING_FOREVER) and ``fail_lines_fraction``."""
+    """Misbehaviour to inject (the package docstring lists every kind).
+
+    Call faults: ``status`` or ``kind`` (hang, drop, truncate, error_body) on calls to
+    ``endpoint`` whose path contains ``match``, for the first ``times`` of them (None:
+    always). Job faults, attached at batches.create to a job whose display name contains
+    ``match``: ``job_outcome`` (FAILED, EXPIRED, CANCELLED, PENDING_FOREVER),
+    ``fail_lines_fraction``, ``drop_inline_metadata``, ``inline_out_of_order``."""
 
     endpoint: str = "*"
     status: int | None = None
@@ -72,10 +82,17 @@ class Fault:
     retry_delay_s: float = 1.0
     job_outcome: str | None = None
     fail_lines_fraction: float = 0.0
+    drop_inline_metadata: bool = False
+    inline_out_of_order: bool = False
 
     @property
     def is_job_fault(self) -> bool:
-        return self.job_outcome is not None or self.fail_lines_fraction > 0
+        return (
+            self.job_outcome is not None
+            or self.fail_lines_fraction > 0
+            or self.drop_inline_metadata
+            or self.inline_out_of_order
+        )
 
 
 @dataclass
@@ -172,13 +189,21 @@ class Service:
         return self._clock() + self.offset
 
     # -- faults ------------------------------------------------------------------------------
-    def take_fault(self, endpoint: str, haystack: str, *, job: bool) -> Fault | None:
-        """The first matching fault of the given family, consuming one of its ``times``."""
+    def take_fault(
+        self, endpoint: str, haystack: str, *, job: bool, finalize: bool = False
+    ) -> Fault | None:
+        """The first matching fault of the given family, consuming one of its ``times``.
+
+        ``finalize``: whether this call is the chunk that ends a resumable upload; faults of
+        FINALIZE_KINDS match no other call.
+        """
         with self.lock:
             for fault in self.faults:
                 if fault.is_job_fault != job or fault.endpoint not in ("*", endpoint):
                     continue
                 if fault.match and fault.match not in haystack:
+                    continue
+                if fault.kind in FINALIZE_KINDS and not finalize:
                     continue
                 if fault.times is not None:
                     fault.times -= 1
@@ -221,6 +246,14 @@ class Service:
             self.uploads.pop(upload.id, None)
             self.files[stored.id] = stored
         return stored
+
+    def fail_upload(self, upload: Upload) -> dict[str, Any]:
+        """Drop an upload the service refused at its end; the body its final reply carries."""
+        with self.lock:
+            self.uploads.pop(upload.id, None)
+        upload.path.unlink(missing_ok=True)
+        message = UPLOAD_ERROR.format(mime_type=upload.mime_type)
+        return {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
 
     def file(self, file_id: str) -> StoredFile:
         with self.lock:
@@ -375,13 +408,17 @@ class Service:
 
     def _process(self, batch: Batch) -> None:
         ok = failed = 0
+        fault = batch.fault
         if batch.inline is not None:
             responses = []
             for index, item in enumerate(batch.inline):
                 metadata = item.get("metadata") or {}
                 line = self._line(batch, str(metadata.get("key", index)), item.get("request"))
                 ok, failed = ok + ("response" in line), failed + ("error" in line)
-                responses.append({**line, "metadata": metadata} if metadata else line)
+                keep = metadata and not (fault and fault.drop_inline_metadata)
+                responses.append({**line, "metadata": metadata} if keep else line)
+            if fault and fault.inline_out_of_order:  # out of input order, always (not by chance)
+                responses.reverse()
             batch.inline_responses = responses
         else:
             assert batch.input_file is not None

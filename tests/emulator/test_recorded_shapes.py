@@ -257,3 +257,74 @@ def test_an_uploaded_file_has_the_recorded_shape_and_hash(emu: Emulator) -> None
     # the same 202 bytes the notebook uploaded: the same size and the same hash encoding
     assert (wire["sizeBytes"], wire["sha256Hash"]) == (real["sizeBytes"], real["sha256Hash"])
     assert uploaded.sha256_hash == real["sha256Hash"]
+
+
+def _upload_by_hand(emu: Emulator, data: bytes, *, mime_type: str) -> tuple[int, str, Any]:
+    """A resumable upload in two raw calls; the final reply's status, upload status, body."""
+    start = urllib.request.Request(
+        f"{emu.base_url}/upload/v1beta/files",
+        data=json.dumps({"file": {"mime_type": mime_type}}).encode(),
+        headers={
+            "x-goog-api-key": KEY,
+            "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": str(len(data)),
+            "X-Goog-Upload-Header-Content-Type": mime_type,
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(start, timeout=10) as reply:
+        url = reply.headers["x-goog-upload-url"]
+    chunk = urllib.request.Request(
+        url,
+        data=data,
+        headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"},
+    )
+    with urllib.request.urlopen(chunk, timeout=10) as reply:
+        return reply.status, reply.headers["x-goog-upload-status"], json.loads(reply.read())
+
+
+def test_an_upload_refused_in_its_final_reply_is_a_fault(emu: Emulator) -> None:
+    data = (RECORDED / "file_content.jsonl").read_bytes()
+    emu.add_fault(Fault(endpoint="files.upload", kind="error_body", times=2))
+    with pytest.raises(KeyError, match="file"):  # what the SDK does with it (python-genai #1590)
+        client(emu).files.upload(
+            file=str(RECORDED / "file_content.jsonl"), config={"mime_type": "jsonl"}
+        )
+    assert _upload_by_hand(emu, data, mime_type="jsonl") == (
+        200,
+        "final",
+        recorded("upload_error.json"),
+    )
+    assert emu.count("files.upload") == 4  # each start went through; each finalize was refused
+    assert raw_get(emu, "files?pageSize=10") == {}  # and nothing was stored
+    assert _upload_by_hand(emu, data, mime_type="jsonl")[2]["file"]["sizeBytes"] == "202"
+
+
+def test_inline_responses_can_lose_their_metadata_or_their_order(emu: Emulator) -> None:
+    c = client(emu)
+    src: list[Any] = [
+        {"contents": [{"parts": [{"text": f"p{i}"}], "role": "user"}], "metadata": {"key": f"k{i}"}}
+        for i in range(4)
+    ]
+    emu.add_fault(Fault(endpoint="batches.create", match="bare", drop_inline_metadata=True))
+    emu.add_fault(Fault(endpoint="batches.create", match="shuffled", inline_out_of_order=True))
+    jobs = {
+        d: c.batches.create(model="gemini-2.5-flash", src=src, config={"display_name": d})
+        for d in ("bare", "shuffled", "plain")
+    }
+    emu.advance(21)
+    answers = {}
+    for display, job in jobs.items():
+        done = c.batches.get(name=job.name)  # type: ignore[arg-type]
+        assert done.dest and done.dest.inlined_responses
+        answers[display] = [
+            (r.metadata, r.response.text if r.response else None)
+            for r in done.dest.inlined_responses
+        ]
+    in_order = [({"key": f"k{i}"}, f"echo: p{i}") for i in range(4)]
+    assert answers["plain"] == in_order
+    assert answers["bare"] == [(None, text) for _, text in in_order]  # python-genai #2008
+    assert answers["shuffled"] != in_order and sorted(answers["shuffled"], key=str) == sorted(
+        in_order, key=str
+    )  # python-genai #1909
