@@ -45,18 +45,19 @@ Job faults (endpoint ``batches.create``; they shape the job created):
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
 from runner.emulator.server import Call, EmulatorHTTPServer
-from runner.emulator.service import Fault, Service, default_clock
+from runner.emulator.service import Fault, Service, default_clock, fault_from
 
-__all__ = ["Call", "Emulator", "EmulatorConfig", "Fault", "serve_forever"]
+__all__ = ["Call", "Emulator", "EmulatorConfig", "Fault", "parse_fault", "serve_forever"]
 
 
 @dataclass
@@ -69,6 +70,8 @@ class EmulatorConfig:
     expire_after_seconds: float = 48 * 3600
     seed: int = 0
     clock: Callable[[], float] = field(default=default_clock)
+    # Faults in force from the start, as if added with add_fault (``gbatch emulator --fault``).
+    faults: tuple[Fault, ...] = ()
 
 
 class Emulator:
@@ -90,6 +93,8 @@ class Emulator:
         )
         self._server = EmulatorHTTPServer((self.config.host, self.config.port), self.service)
         self._thread: threading.Thread | None = None
+        for fault in self.config.faults:
+            self.add_fault(replace(fault))  # a copy: taking a fault counts its times down
 
     @property
     def base_url(self) -> str:
@@ -142,6 +147,16 @@ class Emulator:
         """Move the emulator's clock forward (job progress, expiry, cache TTLs)."""
         with self.service.lock:
             self.service.offset += seconds
+
+
+def parse_fault(text: str) -> Fault:
+    """A Fault from its JSON fields, e.g. ``{"endpoint": "files.upload", "kind": "error_body",
+    "times": null}``; ValueError names what is wrong (an argparse ``type=`` for --fault)."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"fault is not JSON: {exc}") from None
+    return fault_from(spec)
 
 
 def serve_forever(config: EmulatorConfig) -> None:

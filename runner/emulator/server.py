@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from runner.emulator.model import contents_text, count_tokens
-from runner.emulator.service import INLINE_LIMIT, ApiError, Fault, Service, Upload
+from runner.emulator.service import INLINE_LIMIT, ApiError, Fault, Service, Upload, fault_from
 
 CHUNK = 1 << 20
 STATUS_NAMES = {
@@ -455,7 +455,12 @@ class Handler(BaseHTTPRequestHandler):
         return [asdict(c) for c in self.server.calls_snapshot()]
 
     def _admin_faults(self, **_: Any) -> Any:
-        self.server.service.faults.append(Fault(**self._body()))
+        try:
+            fault = fault_from(self._body())
+        except ValueError as exc:
+            raise ApiError(400, "INVALID_ARGUMENT", str(exc)) from None
+        with self.server.service.lock:
+            self.server.service.faults.append(fault)
         return {}
 
     def _admin_advance(self, **_: Any) -> Any:

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,17 @@ class Fault:
             or self.drop_inline_metadata
             or self.inline_out_of_order
         )
+
+
+def fault_from(spec: Any) -> Fault:
+    """A Fault from its fields as decoded JSON; ValueError names what is wrong."""
+    if not isinstance(spec, dict):
+        raise ValueError("fault must be a JSON object")
+    known = {f.name for f in fields(Fault)}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"unknown fault fields {unknown}; known: {sorted(known)}")
+    return Fault(**spec)
 
 
 @dataclass

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from runner.emulator import Call, Emulator, EmulatorConfig, Fault
+from runner.emulator import Call, Emulator, EmulatorConfig, Fault, parse_fault
 from runner.emulator.server import Handler
 
 
@@ -429,3 +431,35 @@ def test_a_malformed_line_fails_alone(emu: Emulator, tmp_path: Path) -> None:
     }  # type: ignore[arg-type,union-attr]
     assert "response" in out["ok"]
     assert out["line-2"]["error"]["code"] == 3 and out["empty"]["error"]["code"] == 3
+
+
+def test_faults_given_in_the_config_are_in_force_from_the_start(tmp_path: Path) -> None:
+    spec = '{"endpoint": "batches.list", "status": 503, "times": 2}'
+    fault = parse_fault(spec)  # as ``gbatch emulator --fault`` would take it
+    assert fault == Fault(endpoint="batches.list", status=503, times=2)
+    with Emulator(EmulatorConfig(data_dir=tmp_path / "data", faults=(fault,))) as emu:
+        c = client(emu)
+        for _ in range(2):
+            with pytest.raises(errors.ServerError):
+                list(c.batches.list(config={"page_size": 5}))
+        assert list(c.batches.list(config={"page_size": 5})) == []
+    assert fault.times == 2  # the config's own fault is left as given
+    with pytest.raises(ValueError, match="unknown fault fields"):
+        parse_fault('{"endpoint": "files.upload", "kinds": "drop"}')
+
+
+def test_another_process_adds_faults_over_http_and_a_bad_one_is_refused(emu: Emulator) -> None:
+    def post(spec: str) -> int:
+        request = urllib.request.Request(f"{emu.base_url}/_emulator/faults", data=spec.encode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as refused:
+            refused.close()
+            return int(refused.code)
+
+    assert post('{"endpoint": "batches.list", "kinds": "drop"}') == 400
+    assert post('{"endpoint": "batches.list", "status": 503}') == 200
+    c = client(emu)
+    with pytest.raises(errors.ServerError):
+        list(c.batches.list(config={"page_size": 5}))
