@@ -4,26 +4,51 @@ Plain prompts are echoed ("echo: <prompt>"); a response schema gets JSON that va
 against it, derived from the prompt; Google Search adds grounding metadata; usage counts
 come from one token estimate shared with countTokens. Called by the emulator's batch
 processing and countTokens handler.
+
+Shapes follow the recorded replies in tests/fixtures/recorded/ (see its README):
+``modelVersion`` is the model id as given (``gemini-2.5-flash``, no ``-001``), usage carries
+``promptTokensDetails`` (and ``cacheTokensDetails`` on a cache hit), and a line's error is a
+``google.rpc.Status`` with a gRPC code and no ``status`` string.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+# google.rpc.Code numbers: a failed line's ``error`` is a google.rpc.Status, whose ``code`` is
+# one of these (the batch-mode docs and the SDK's JobError), not an HTTP status.
+GRPC_CODES = {
+    "CANCELLED": 1,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+}
+
 
 class LineError(Exception):
     """A request line the service rejects; becomes that line's ``error``."""
 
-    def __init__(self, code: int, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
-        self.code, self.status, self.message = code, status, message
+        self.status, self.message = status, message
 
     def as_json(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "status": self.status}
+        return line_error(self.status, self.message)
+
+
+def line_error(status: str, message: str) -> dict[str, Any]:
+    """A line's ``error`` as the service writes it: a google.rpc.Status without ``status``."""
+    return {"code": GRPC_CODES[status], "message": message}
 
 
 @dataclass(frozen=True)
@@ -100,16 +125,15 @@ def value_for(schema: Any, seed: str, path: str = "$") -> Any:
 def answer(request: Any, *, model: str, cache: CacheView | None) -> dict[str, Any]:
     """The GenerateContentResponse for one request, or LineError when it is invalid."""
     if not isinstance(request, dict):
-        raise LineError(400, "INVALID_ARGUMENT", "request must be an object")
+        raise LineError("INVALID_ARGUMENT", "request must be an object")
     contents = request.get("contents")
     if not isinstance(contents, list) or not contents:
-        raise LineError(400, "INVALID_ARGUMENT", "contents is required")
+        raise LineError("INVALID_ARGUMENT", "contents is required")
     config = _get(request, "generationConfig") or {}
     if not isinstance(config, dict):
-        raise LineError(400, "INVALID_ARGUMENT", "generationConfig must be an object")
+        raise LineError("INVALID_ARGUMENT", "generationConfig must be an object")
     if _get(config, "cachedContent") is not None:
         raise LineError(
-            400,
             "INVALID_ARGUMENT",
             'Invalid JSON payload: unknown name "cachedContent" in generationConfig',
         )
@@ -117,7 +141,6 @@ def answer(request: Any, *, model: str, cache: CacheView | None) -> dict[str, An
         _get(request, "systemInstruction") is not None or _get(request, "tools") is not None
     ):
         raise LineError(
-            400,
             "INVALID_ARGUMENT",
             "CachedContent can not be used with "
             "GenerateContent request setting system_instruction, tools or tool_config",
@@ -146,9 +169,11 @@ def answer(request: Any, *, model: str, cache: CacheView | None) -> dict[str, An
     usage: dict[str, Any] = {
         "promptTokenCount": prompt_tokens,
         "candidatesTokenCount": output_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
     }
     if cached:
         usage["cachedContentTokenCount"] = cached
+        usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     if search:
@@ -166,9 +191,15 @@ def answer(request: Any, *, model: str, cache: CacheView | None) -> dict[str, An
     return {
         "candidates": [candidate],
         "usageMetadata": usage,
-        "modelVersion": f"{model.removeprefix('models/')}-001",
-        "responseId": f"r{_digest(model, all_prompt):x}",
+        "modelVersion": model.removeprefix("models/"),
+        "responseId": _response_id(model, all_prompt),
     }
+
+
+def _response_id(*parts: str) -> str:
+    """23 URL-safe base64 characters, as recorded ids are (``6VFkaIDwEPXVjMcP4-XW6Qo``)."""
+    raw = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return base64.urlsafe_b64encode(raw).decode()[:23]
 
 
 def _grounding(prompt: str, text: str) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 
 Routes ``/v1beta/...`` and ``/v1/...`` (files, resumable upload, download, batches, caches,
 countTokens) to ``runner.emulator.service``; answers in the Google error envelope; applies
-injected faults (status codes, hangs, dropped connections, truncated downloads); records
-every call. ``/_emulator/...`` lets another process inject faults and read the record.
+injected faults (status codes, hangs, dropped connections, truncated downloads, an upload
+refused in a 200 body); records every call. ``/_emulator/...`` lets another process inject
+faults and read the record.
+
+A call is recorded before the first byte of its reply goes out, so a client that has its
+reply always finds the call in the record (``Emulator.count`` right after a call is exact).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from runner.emulator.model import contents_text, count_tokens
-from runner.emulator.service import INLINE_LIMIT, ApiError, Fault, Service, Upload
+from runner.emulator.service import INLINE_LIMIT, ApiError, Fault, Service, Upload, fault_from
 
 CHUNK = 1 << 20
 STATUS_NAMES = {
@@ -96,6 +100,7 @@ def _page(items: list[Any], query: dict[str, list[str]], key: str) -> dict[str, 
 
 class Handler(BaseHTTPRequestHandler):
     server: EmulatorHTTPServer
+    _call: tuple[str, str, str] | None = None  # (method, path, endpoint) until recorded
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as separate writes
 
@@ -115,6 +120,18 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
     # -- plumbing ----------------------------------------------------------------------------
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Every reply starts here, before any of its bytes are written: record the call."""
+        self._record(code)
+        super().send_response(code, message)
+
+    def _record(self, status: int) -> None:
+        """Record the call being served, once (status 0: no reply)."""
+        call = self._call
+        if call is not None:
+            self._call = None
+            self.server.record(Call(*call, status, time.time()))
+
     def _dispatch(self, method: str) -> None:
         self._body_read = False
         parsed = urlparse(self.path)
@@ -124,15 +141,19 @@ class Handler(BaseHTTPRequestHandler):
             endpoint = "files.upload"
         else:
             endpoint, groups = self._route(method, parsed.path)
-        status = 200
-        recorded = False
+        self._call = (method, parsed.path, endpoint)
         try:
             fault = None
             if not endpoint.startswith("admin."):
                 key = self.headers.get("x-goog-api-key")
                 if not key and "upload_id" not in query:  # the upload URL is the credential
                     raise ApiError(403, "PERMISSION_DENIED", "API key missing")
-                fault = self.server.service.take_fault(endpoint, self.path, job=False)
+                finalize = "upload_id" in query and "finalize" in self.headers.get(
+                    "X-Goog-Upload-Command", ""
+                )
+                fault = self.server.service.take_fault(
+                    endpoint, self.path, job=False, finalize=finalize
+                )
                 if fault and fault.status and fault.kind is None:
                     self._drain_body()
                     raise self._fault_error(fault)
@@ -141,25 +162,21 @@ class Handler(BaseHTTPRequestHandler):
             handler: Callable[..., Any] = getattr(self, "_" + endpoint.replace(".", "_"))
             result = handler(*groups, query=query, fault=fault)
             if fault and fault.kind == "hang":  # it acted; the reply never comes
-                self.server.record(Call(method, parsed.path, endpoint, 0, time.time()))
-                recorded = True
+                self._record(0)
                 self.server.stopping.wait()
                 raise _Dropped
             if result is not None:
                 self._send_json(200, result)
         except ApiError as exc:
-            status = exc.code
             if not self._body_read:
                 self._drain_body()  # keep-alive: the next request must start clean
             self._send_error(exc)
         except _Dropped:
-            status = 0
             self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
-            status = 0
+            pass
         finally:
-            if not recorded:
-                self.server.record(Call(method, parsed.path, endpoint, status, time.time()))
+            self._record(0)  # no reply went out (dropped, hung, or the client went away)
 
     def _route(self, method: str, path: str) -> tuple[str, tuple[str, ...]]:
         for verb, pattern, endpoint in ROUTES:
@@ -243,6 +260,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- files -------------------------------------------------------------------------------
     def _files_upload(self, *_: str, query: dict[str, list[str]], fault: Fault | None) -> Any:
+        """Start a resumable upload, or take one of its chunks (``upload_id`` in the query).
+
+        Fault ``kind="error_body"`` on the finalize chunk: HTTP 200, ``x-goog-upload-status:
+        final``, and an error body with no ``file`` (the SDK then raises ``KeyError('file')``).
+        """
         service = self.server.service
         if "upload_id" not in query:
             body = self._body()
@@ -275,6 +297,9 @@ class Handler(BaseHTTPRequestHandler):
         command = self.headers.get("X-Goog-Upload-Command", "")
         if "finalize" not in command:
             self._send_json(200, {}, {"x-goog-upload-status": "active"})
+            return None
+        if fault is not None and fault.kind == "error_body":
+            self._send_json(200, service.fail_upload(upload), {"x-goog-upload-status": "final"})
             return None
         stored = service.finish_upload(upload)
         version = "v1beta"
@@ -430,7 +455,12 @@ class Handler(BaseHTTPRequestHandler):
         return [asdict(c) for c in self.server.calls_snapshot()]
 
     def _admin_faults(self, **_: Any) -> Any:
-        self.server.service.faults.append(Fault(**self._body()))
+        try:
+            fault = fault_from(self._body())
+        except ValueError as exc:
+            raise ApiError(400, "INVALID_ARGUMENT", str(exc)) from None
+        with self.server.service.lock:
+            self.server.service.faults.append(fault)
         return {}
 
     def _admin_advance(self, **_: Any) -> Any:

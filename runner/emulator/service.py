@@ -3,6 +3,12 @@
 Pure Python, no HTTP: ``runner.emulator.server`` turns requests into calls here. Jobs move
 PENDING -> RUNNING -> SUCCEEDED lazily when looked at, by the clock; processing streams the
 input file line by line into a result file. Thread-safe behind one lock.
+
+Wire shapes follow the recorded replies in tests/fixtures/recorded/: batch ids are 36
+lowercase alphanumerics, file ids 12, cache ids 40; a job's result file is
+``files/batch-<batch id>``; the Operation's metadata repeats its ``name`` and carries
+``batchStats`` from creation on (no ``inputConfig``); a cancelled job ends with the
+Operation ``error`` {code 1, CANCELLED}; ``sha256Hash`` is the base64 of the hex digest.
 """
 
 from __future__ import annotations
@@ -11,20 +17,36 @@ import base64
 import hashlib
 import json
 import random
+import secrets
+import string
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runner.emulator.model import CacheView, LineError, answer, contents_text, count_tokens
+from runner.emulator.model import (
+    CacheView,
+    LineError,
+    answer,
+    contents_text,
+    count_tokens,
+    line_error,
+)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
 FILE_TTL_S = 48 * 3600
 INLINE_LIMIT = 20 * 1024 * 1024
+# Lengths of the ids the real service hands out (recorded: batches/o08hk76gv328ihxcssjsgwt3g6
+# omtfysxi46, files/p1mds9fl15bs, cachedContents/0c5j38gpopx49ok6x7kedvbpy65d1bzkq8i5vldr).
+BATCH_ID_LENGTH, FILE_ID_LENGTH, CACHE_ID_LENGTH = 36, 12, 40
+# The upload's final reply seen as HTTP 200 with this body and no ``file``
+# (python-genai #1547, #1590); the message names the MIME type the upload declared.
+UPLOAD_ERROR = "Unsupported MIME type: {mime_type}"
+CANCELLED_MESSAGE = "The batch was cancelled."
 
 
 class ApiError(Exception):
@@ -38,12 +60,19 @@ class ApiError(Exception):
         self.retry_delay = retry_delay
 
 
+# Call-fault kinds that act only on the last call of a resumable upload (the finalize chunk).
+FINALIZE_KINDS = ("error_body",)
+
+
 @dataclass
 class Fault:
-    """Misbehaviour to inject. Call faults: ``status`` or ``kind`` (hang, drop, truncate) on
-    calls to ``endpoint`` whose path or body contains ``match``, for the first ``times`` of
-    them (None: always). Job faults, attached at batches.create: ``job_outcome`` (FAILED,
-    EXPIRED, CANCELLED, PENDING_FOREVER) and ``fail_lines_fraction``."""
+    """Misbehaviour to inject (the package docstring lists every kind).
+
+    Call faults: ``status`` or ``kind`` (hang, drop, truncate, error_body) on calls to
+    ``endpoint`` whose path contains ``match``, for the first ``times`` of them (None:
+    always). Job faults, attached at batches.create to a job whose display name contains
+    ``match``: ``job_outcome`` (FAILED, EXPIRED, CANCELLED, PENDING_FOREVER),
+    ``fail_lines_fraction``, ``drop_inline_metadata``, ``inline_out_of_order``."""
 
     endpoint: str = "*"
     status: int | None = None
@@ -53,10 +82,28 @@ class Fault:
     retry_delay_s: float = 1.0
     job_outcome: str | None = None
     fail_lines_fraction: float = 0.0
+    drop_inline_metadata: bool = False
+    inline_out_of_order: bool = False
 
     @property
     def is_job_fault(self) -> bool:
-        return self.job_outcome is not None or self.fail_lines_fraction > 0
+        return (
+            self.job_outcome is not None
+            or self.fail_lines_fraction > 0
+            or self.drop_inline_metadata
+            or self.inline_out_of_order
+        )
+
+
+def fault_from(spec: Any) -> Fault:
+    """A Fault from its fields as decoded JSON; ValueError names what is wrong."""
+    if not isinstance(spec, dict):
+        raise ValueError("fault must be a JSON object")
+    known = {f.name for f in fields(Fault)}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"unknown fault fields {unknown}; known: {sorted(known)}")
+    return Fault(**spec)
 
 
 @dataclass
@@ -89,6 +136,7 @@ class Batch:
     created: float
     input_file: str | None
     inline: list[dict[str, Any]] | None
+    request_count: int = 0
     state: str = "PENDING"
     ended: float | None = None
     output_file: str | None = None
@@ -117,8 +165,12 @@ def stamp(seconds: float) -> str:
     )
 
 
-def _id(prefix: str = "") -> str:
-    return prefix + uuid.uuid4().hex[:16]
+ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _id(length: int) -> str:
+    """A fresh id like the service's: lowercase letters and digits."""
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(length))
 
 
 class Service:
@@ -150,13 +202,21 @@ class Service:
         return self._clock() + self.offset
 
     # -- faults ------------------------------------------------------------------------------
-    def take_fault(self, endpoint: str, haystack: str, *, job: bool) -> Fault | None:
-        """The first matching fault of the given family, consuming one of its ``times``."""
+    def take_fault(
+        self, endpoint: str, haystack: str, *, job: bool, finalize: bool = False
+    ) -> Fault | None:
+        """The first matching fault of the given family, consuming one of its ``times``.
+
+        ``finalize``: whether this call is the chunk that ends a resumable upload; faults of
+        FINALIZE_KINDS match no other call.
+        """
         with self.lock:
             for fault in self.faults:
                 if fault.is_job_fault != job or fault.endpoint not in ("*", endpoint):
                     continue
                 if fault.match and fault.match not in haystack:
+                    continue
+                if fault.kind in FINALIZE_KINDS and not finalize:
                     continue
                 if fault.times is not None:
                     fault.times -= 1
@@ -168,7 +228,7 @@ class Service:
     # -- files -------------------------------------------------------------------------------
     def start_upload(self, *, display_name: str, mime_type: str, size: int) -> Upload:
         upload = Upload(
-            id=_id(),
+            id=uuid.uuid4().hex,
             display_name=display_name,
             mime_type=mime_type,
             size=size,
@@ -185,18 +245,28 @@ class Service:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         stored = StoredFile(
-            id=_id(),
+            id=_id(FILE_ID_LENGTH),
             display_name=upload.display_name,
             mime_type=upload.mime_type,
             size=upload.received,
             path=upload.path,
             created=self.now(),
-            sha256=base64.b64encode(digest.digest()).decode(),
+            # the service's sha256Hash is the base64 of the hex digest, not of the raw digest
+            # (recorded: Batch_mode.ipynb, the File of its embeddings upload)
+            sha256=base64.b64encode(digest.hexdigest().encode()).decode(),
         )
         with self.lock:
             self.uploads.pop(upload.id, None)
             self.files[stored.id] = stored
         return stored
+
+    def fail_upload(self, upload: Upload) -> dict[str, Any]:
+        """Drop an upload the service refused at its end; the body its final reply carries."""
+        with self.lock:
+            self.uploads.pop(upload.id, None)
+        upload.path.unlink(missing_ok=True)
+        message = UPLOAD_ERROR.format(mime_type=upload.mime_type)
+        return {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
 
     def file(self, file_id: str) -> StoredFile:
         with self.lock:
@@ -206,19 +276,23 @@ class Service:
         return stored
 
     def file_json(self, stored: StoredFile, base_url: str, version: str) -> dict[str, Any]:
-        result = {
-            "name": f"files/{stored.id}",
-            "displayName": stored.display_name,
-            "mimeType": stored.mime_type,
-            "sizeBytes": str(stored.size),
-            "createTime": stamp(stored.created),
-            "updateTime": stamp(stored.created),
-            "expirationTime": stamp(stored.created + FILE_TTL_S),
-            "sha256Hash": stored.sha256,
-            "uri": f"{base_url}/{version}/files/{stored.id}",
-            "state": "ACTIVE",
-            "source": stored.source,
-        }
+        result: dict[str, Any] = {"name": f"files/{stored.id}"}
+        if stored.display_name:  # absent, not empty, when the upload named none (recorded)
+            result["displayName"] = stored.display_name
+        result.update(
+            {
+                "mimeType": stored.mime_type,
+                "sizeBytes": str(stored.size),
+                "createTime": stamp(stored.created),
+                "updateTime": stamp(stored.created),
+                "expirationTime": stamp(stored.created + FILE_TTL_S),
+                "uri": f"{base_url}/{version}/files/{stored.id}",
+                "state": "ACTIVE",
+                "source": stored.source,
+            }
+        )
+        if stored.sha256:
+            result["sha256Hash"] = stored.sha256
         if stored.source == "GENERATED":
             result["downloadUri"] = (
                 f"{base_url}/download/{version}/files/{stored.id}:download?alt=media"
@@ -236,14 +310,17 @@ class Service:
         fault: Fault | None,
     ) -> Batch:
         if input_file is not None:
-            self.file(input_file.removeprefix("files/"))
+            count = _count_lines(self.file(input_file.removeprefix("files/")).path)
+        else:
+            count = len(inline or [])
         batch = Batch(
-            id=_id(),
+            id=_id(BATCH_ID_LENGTH),
             model=model,
             display_name=display_name,
             created=self.now(),
             input_file=input_file,
             inline=inline,
+            request_count=count,
             fault=fault,
         )
         with self.lock:
@@ -271,7 +348,13 @@ class Service:
         with self.lock:
             batch = self.batch(batch_id)
             if batch.state not in TERMINAL:
-                batch.state, batch.ended = "CANCELLED", self.now()
+                self._cancelled(batch)
+
+    def _cancelled(self, batch: Batch) -> None:
+        """End ``batch`` as CANCELLED: a long-running operation cancelled ends with the
+        ``error`` google.rpc.Status code 1 (the generativelanguage operations.cancel docs)."""
+        batch.state, batch.ended = "CANCELLED", self.now()
+        batch.error = line_error("CANCELLED", CANCELLED_MESSAGE)
 
     def delete_batch(self, batch_id: str) -> None:
         with self.lock:
@@ -289,9 +372,9 @@ class Service:
             batch.state = "PENDING"
         elif outcome == "FAILED":
             batch.state, batch.ended = "FAILED", self.now()
-            batch.error = {"code": 13, "message": "Batch job failed: internal error (emulated)"}
+            batch.error = line_error("INTERNAL", "Batch job failed: internal error (emulated)")
         elif outcome == "CANCELLED":
-            batch.state, batch.ended = "CANCELLED", self.now()
+            self._cancelled(batch)
         elif age < self.pending_s + self.running_s:
             batch.state = "RUNNING"
         else:
@@ -303,7 +386,7 @@ class Service:
             return None
         cache = self.caches.get(str(name).removeprefix("cachedContents/"))
         if cache is None or self.now() >= cache.expires:
-            raise LineError(404, "NOT_FOUND", f"CachedContent {name} not found (or expired)")
+            raise LineError("NOT_FOUND", f"CachedContent {name} not found (or expired)")
         text = contents_text(cache.body.get("contents", []))
         tools = tuple(cache.body.get("tools") or ())
         return CacheView(name=str(name), text=text, tokens=cache.tokens, tools=tools)
@@ -311,13 +394,7 @@ class Service:
     def _line(self, batch: Batch, key: str, request: Any) -> dict[str, Any]:
         fraction = batch.fault.fail_lines_fraction if batch.fault else 0.0
         if fraction and random.Random(f"{self.seed}:{batch.id}:{key}").random() < fraction:
-            return {
-                "error": {
-                    "code": 500,
-                    "message": "Internal error (emulated line failure)",
-                    "status": "INTERNAL",
-                }
-            }
+            return {"error": line_error("INTERNAL", "Internal error (emulated line failure)")}
         try:
             cache = self._cache_view(
                 request.get("cachedContent") if isinstance(request, dict) else None
@@ -340,22 +417,26 @@ class Service:
                 with self.lock:
                     stored = self.files.get(file_id)
                 if stored is None or self.now() > stored.created + FILE_TTL_S:
-                    raise LineError(404, "NOT_FOUND", f"File {uri} not found or expired")
+                    raise LineError("NOT_FOUND", f"File {uri} not found or expired")
 
     def _process(self, batch: Batch) -> None:
         ok = failed = 0
+        fault = batch.fault
         if batch.inline is not None:
             responses = []
             for index, item in enumerate(batch.inline):
                 metadata = item.get("metadata") or {}
                 line = self._line(batch, str(metadata.get("key", index)), item.get("request"))
                 ok, failed = ok + ("response" in line), failed + ("error" in line)
-                responses.append({**line, "metadata": metadata} if metadata else line)
+                keep = metadata and not (fault and fault.drop_inline_metadata)
+                responses.append({**line, "metadata": metadata} if keep else line)
+            if fault and fault.inline_out_of_order:  # out of input order, always (not by chance)
+                responses.reverse()
             batch.inline_responses = responses
         else:
             assert batch.input_file is not None
             source = self.file(batch.input_file.removeprefix("files/"))
-            out_id = f"batch-{uuid.uuid4()}"
+            out_id = f"batch-{batch.id}"  # recorded: files/batch-<the batch's own id>
             out_path = self.data_dir / f"result-{out_id}"
             lines: list[str] = []
             with (
@@ -368,15 +449,13 @@ class Service:
                     try:
                         entry = json.loads(raw)
                         key = str(entry.get("key", f"line-{number}"))
-                        line = {"key": key, **self._line(batch, key, entry.get("request"))}
+                        # recorded lines put ``key`` after the answer
+                        line = {**self._line(batch, key, entry.get("request")), "key": key}
                     except (json.JSONDecodeError, AttributeError) as exc:
+                        message = f"line {number} is not a JSON object: {exc}"
                         line = {
+                            "error": line_error("INVALID_ARGUMENT", message),
                             "key": f"line-{number}",
-                            "error": {
-                                "code": 400,
-                                "status": "INVALID_ARGUMENT",
-                                "message": f"line {number} is not a JSON object: {exc}",
-                            },
                         }
                     ok, failed = ok + ("response" in line), failed + ("error" in line)
                     lines.append(json.dumps(line, ensure_ascii=False))
@@ -411,32 +490,25 @@ class Service:
             output = {"responsesFile": batch.output_file}
         elif batch.inline_responses is not None:
             output = {"inlinedResponses": {"inlinedResponses": batch.inline_responses}}
-        input_config = (
-            {"fileName": batch.input_file}
-            if batch.input_file
-            else {
-                "requests": {
-                    "requests": [{"metadata": i.get("metadata", {})} for i in batch.inline or []]
-                }
-            }
-        )
-        total = (
-            len(batch.inline) if batch.inline is not None else batch.stats.get("requestCount", 0)
-        )
+        # Counted from creation on (recorded pending jobs carry requestCount and
+        # pendingRequestCount); zero counts are left out, as recorded.
         stats = dict(batch.stats) or (
-            {"requestCount": total, "pendingRequestCount": total} if total else {}
+            {"requestCount": batch.request_count}
+            if batch.state in TERMINAL
+            else {"requestCount": batch.request_count, "pendingRequestCount": batch.request_count}
         )
+        name = f"batches/{batch.id}"
         metadata: dict[str, Any] = {
             "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
             "model": batch.model,
             "displayName": batch.display_name,
-            "inputConfig": input_config,
             "createTime": stamp(batch.created),
             "updateTime": stamp(batch.ended or batch.created),
             "batchStats": {k: str(v) for k, v in stats.items() if v},
             "state": f"BATCH_STATE_{batch.state}",
+            "name": name,
         }
-        body: dict[str, Any] = {"name": f"batches/{batch.id}", "metadata": metadata}
+        body: dict[str, Any] = {"name": name, "metadata": metadata}
         if batch.state in TERMINAL:
             metadata["endTime"] = stamp(batch.ended or self.now())
             body["done"] = True
@@ -469,7 +541,7 @@ class Service:
                 f"min_total_token_count={minimum}",
             )
         cache = Cache(
-            id=_id(),
+            id=_id(CACHE_ID_LENGTH),
             model=str(model),
             display_name=body.get("displayName", ""),
             body=body,
@@ -498,6 +570,12 @@ class Service:
             "expireTime": stamp(cache.expires),
             "usageMetadata": {"totalTokenCount": cache.tokens},
         }
+
+
+def _count_lines(path: Path) -> int:
+    """Requests in an input file: its non-blank lines."""
+    with path.open("rb") as handle:
+        return sum(1 for raw in handle if raw.strip())
 
 
 def default_clock() -> float:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from runner.emulator import Emulator, EmulatorConfig, Fault
+from runner.emulator import Call, Emulator, EmulatorConfig, Fault, parse_fault
+from runner.emulator.server import Handler
 
 
 @pytest.fixture
@@ -134,6 +138,59 @@ def test_list_pages_cancel_and_delete(emu: Emulator, tmp_path: Path) -> None:
     assert (missing.value.code, missing.value.status) == (404, "NOT_FOUND")
 
 
+def test_every_call_is_recorded_before_its_reply_goes_out(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that has its reply finds its call counted (#15: the list test above saw 2 of
+    its 3 pages counted under load).
+
+    A reply's first bytes leave with its headers (``end_headers``); a call recorded after
+    that, by the same handler thread within the same request, was recorded too late.
+    """
+    replying: set[int] = set()  # handler threads whose current reply has started
+    late: list[str] = []
+    parse_request, end_headers = Handler.parse_request, Handler.end_headers
+    record = emu._server.record
+
+    def new_request(self: Handler) -> bool:
+        replying.discard(threading.get_ident())
+        return parse_request(self)
+
+    def headers_out(self: Handler) -> None:
+        replying.add(threading.get_ident())
+        end_headers(self)
+
+    def counted(call: Call) -> None:
+        if threading.get_ident() in replying:
+            late.append(f"{call.endpoint} {call.status}")
+        record(call)
+
+    monkeypatch.setattr(Handler, "parse_request", new_request)
+    monkeypatch.setattr(Handler, "end_headers", headers_out)
+    monkeypatch.setattr(emu._server, "record", counted)
+    c = client(emu)
+    name = c.files.upload(  # start, then the finalize chunk
+        file=str(seed_file(tmp_path / "r.jsonl")), config={"mime_type": "application/jsonl"}
+    ).name
+    job = c.batches.create(model="gemini-2.5-flash", src=name, config={"display_name": "n"})  # type: ignore[arg-type]
+    assert [j.name for j in c.batches.list(config={"page_size": 1})] == [job.name]
+    with pytest.raises(errors.ClientError):  # an error reply
+        c.batches.get(name="batches/" + "x" * 36)
+    emu.advance(21)
+    done = c.batches.get(name=job.name)  # type: ignore[arg-type]
+    assert len(c.files.download(file=done.dest.file_name).splitlines()) == 3  # type: ignore[arg-type,union-attr]
+    assert late == []
+    assert [(call.endpoint, call.status) for call in emu.calls] == [
+        ("files.upload", 200),
+        ("files.upload", 200),
+        ("batches.create", 200),
+        ("batches.list", 200),
+        ("batches.get", 404),
+        ("batches.get", 200),
+        ("files.download", 200),
+    ]
+
+
 def test_a_multi_chunk_upload_round_trips_byte_for_byte(emu: Emulator, tmp_path: Path) -> None:
     big = tmp_path / "big.jsonl"
     line = json.dumps({"key": "k", "request": {"contents": [{"parts": [{"text": "x" * 1000}]}]}})
@@ -206,7 +263,7 @@ def test_caches_crud_expiry_and_a_line_that_names_an_expired_cache(
         )
     }  # type: ignore[arg-type,union-attr]
     assert out["k"]["response"]["usageMetadata"]["cachedContentTokenCount"] > 0
-    assert out["both"]["error"]["code"] == 400
+    assert out["both"]["error"] == {"code": 3, "message": out["both"]["error"]["message"]}
     emu.advance(7200)
     with pytest.raises(errors.ClientError):
         c.caches.get(name=cache.name)
@@ -221,7 +278,7 @@ def test_caches_crud_expiry_and_a_line_that_names_an_expired_cache(
             .splitlines(),
         )
     }  # type: ignore[arg-type,union-attr]
-    assert out["k"]["error"]["code"] == 404
+    assert out["k"]["error"]["code"] == 5  # google.rpc.Code NOT_FOUND
 
 
 def test_count_tokens_agrees_with_usage(emu: Emulator) -> None:
@@ -373,4 +430,36 @@ def test_a_malformed_line_fails_alone(emu: Emulator, tmp_path: Path) -> None:
         for x in map(json.loads, c.files.download(file=done.dest.file_name).decode().splitlines())
     }  # type: ignore[arg-type,union-attr]
     assert "response" in out["ok"]
-    assert out["line-2"]["error"]["code"] == 400 and out["empty"]["error"]["code"] == 400
+    assert out["line-2"]["error"]["code"] == 3 and out["empty"]["error"]["code"] == 3
+
+
+def test_faults_given_in_the_config_are_in_force_from_the_start(tmp_path: Path) -> None:
+    spec = '{"endpoint": "batches.list", "status": 503, "times": 2}'
+    fault = parse_fault(spec)  # as ``gbatch emulator --fault`` would take it
+    assert fault == Fault(endpoint="batches.list", status=503, times=2)
+    with Emulator(EmulatorConfig(data_dir=tmp_path / "data", faults=(fault,))) as emu:
+        c = client(emu)
+        for _ in range(2):
+            with pytest.raises(errors.ServerError):
+                list(c.batches.list(config={"page_size": 5}))
+        assert list(c.batches.list(config={"page_size": 5})) == []
+    assert fault.times == 2  # the config's own fault is left as given
+    with pytest.raises(ValueError, match="unknown fault fields"):
+        parse_fault('{"endpoint": "files.upload", "kinds": "drop"}')
+
+
+def test_another_process_adds_faults_over_http_and_a_bad_one_is_refused(emu: Emulator) -> None:
+    def post(spec: str) -> int:
+        request = urllib.request.Request(f"{emu.base_url}/_emulator/faults", data=spec.encode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as refused:
+            refused.close()
+            return int(refused.code)
+
+    assert post('{"endpoint": "batches.list", "kinds": "drop"}') == 400
+    assert post('{"endpoint": "batches.list", "status": 503}') == 200
+    c = client(emu)
+    with pytest.raises(errors.ServerError):
+        list(c.batches.list(config={"page_size": 5}))
