@@ -18,6 +18,24 @@ from runner.cli.exits import exit_code
 from runner.cli.logs import setup_logging
 from runner.errors import GbatchError
 
+EMULATOR_HELP = """\
+Serves the Gemini REST surface gbatch uses, in the shapes recorded from the real API
+(tests/fixtures/recorded/). Faults: --fault JSON (repeatable), or POST the same JSON to
+/_emulator/faults while it runs. Fields: endpoint (files.upload, files.download,
+batches.create, batches.list, batches.get, ... or *), match (text in the path; for job
+faults, in the display name), times (default 1; null = always), and one of:
+  status: N                  reply HTTP N without acting (429 carries RetryInfo of retry_delay_s)
+  kind: "drop"               close the connection without a reply
+  kind: "hang"               act, then never reply
+  kind: "truncate"           files.download: send half the file
+  kind: "error_body"         files.upload: HTTP 200 with an error body and no file
+  job_outcome: FAILED | EXPIRED | CANCELLED | PENDING_FOREVER      (batches.create)
+  fail_lines_fraction: F     that share of lines fail with gRPC code 13
+  drop_inline_metadata: true inline answers come back without metadata
+  inline_out_of_order: true  inline answers come back in reverse order
+Example: gbatch emulator --fault '{"endpoint": "files.upload", "kind": "error_body"}'
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -88,7 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p = sub.add_parser("schema", help="print the manifest JSON Schema (for editors)")
-    p = sub.add_parser("emulator", help="serve the local Gemini API emulator")
+    p = sub.add_parser(
+        "emulator",
+        help="serve the local Gemini API emulator",
+        description=EMULATOR_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a fault in force from the start, as JSON (repeatable; see above)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--pending-seconds", type=float, default=1.0)

@@ -310,14 +310,20 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.emulator import EmulatorConfig, serve_forever  # only this command needs it
+    from runner.emulator import EmulatorConfig, parse_fault, serve_forever  # only this needs it
 
+    try:
+        faults = tuple(parse_fault(text) for text in args.fault)
+    except ValueError as exc:
+        print(f"gbatch emulator: --fault: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     config = EmulatorConfig(
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
         pending_seconds=args.pending_seconds,
         running_seconds=args.running_seconds,
+        faults=faults,
     )
     print(f"gbatch emulator on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     serve_forever(config)

@@ -84,3 +84,38 @@ def test_the_state_is_copied_before_a_migration(tmp_path: Path) -> None:
     con = sqlite3.connect(backup)
     assert con.execute("select id from migrations").fetchall() == [(1,)]
     con.close()
+
+
+def test_an_upload_answered_with_an_error_body_is_retried_and_every_key_answered_once(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    """The real service has answered the finalize chunk with HTTP 200 and an error body
+    (python-genai #1547): a failed upload to retry, not a crash of apply or the daemon."""
+    gbatch.write("cities.yaml", MANIFEST)
+    emulator.add_fault(Fault(endpoint="files.upload", kind="error_body", times=1))
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert emulator.count("batches.create") == 1
+    assert gbatch.sql("select key, status from cities order by key") == [
+        ("Lima", "succeeded"),
+        ("Oslo", "succeeded"),
+    ]
+
+
+def test_inline_answers_without_metadata_are_matched_by_position_never_paid_twice(
+    gbatch: Gbatch, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """python-genai #2008: inline answers may come back without their keys; the docs
+    promise input order, so they are matched by position (the adapter's tests show that
+    answers in another number are kept raw and never resent)."""
+    monkeypatch.setenv("GBATCH_INLINE_MAX_BYTES", "1000000")
+    gbatch.write("cities.yaml", MANIFEST)
+    emulator.add_fault(Fault(endpoint="batches.create", drop_inline_metadata=True, times=1))
+    result = gbatch("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert emulator.count("batches.create") == 1  # never a second, paid job
+    assert gbatch.sql("select key, status, text from cities order by key") == [
+        ("Lima", "succeeded", "echo: Weather in Lima?"),
+        ("Oslo", "succeeded", "echo: Weather in Oslo?"),
+    ]
+    assert gbatch("apply", "manifests").code == 0 and emulator.count("batches.create") == 1
