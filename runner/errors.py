@@ -77,9 +77,11 @@ class BackendError(GbatchError):
 class TransientBackendError(BackendError):
     """Worth retrying after ``delay`` seconds (429 with RetryInfo, 5xx, timeouts)."""
 
-    def __init__(self, message: str, *, code: int = 0, status: str = "", delay: float = 5.0):
+    def __init__(
+        self, message: str, *, code: int = 0, status: str = "", delay: float | None = None
+    ):
         super().__init__(message, code=code, status=status)
-        self.delay = delay
+        self.delay = delay  # the server's RetryInfo, if it named one; else the policy decides
 
 
 class UnclearCreateError(TransientBackendError):

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runner.core.failures import RetryPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -34,6 +36,10 @@ class Settings(BaseSettings):
     http_timeout_s: float = Field(120.0, gt=0, description="Per HTTP call; uploads included.")
     max_backoff_s: float = Field(
         300.0, gt=0, description="Cap on waits after 429 / 5xx (RetryInfo is honoured below it)."
+    )
+    read_attempts: int = Field(5, ge=1, description="Tries of a read (get, list, upload, ...).")
+    retry_delay_s: float = Field(
+        2.0, ge=0, description="First wait after a transient error naming none; grows per try."
     )
     adopt_grace_s: float = Field(
         300.0,
@@ -60,3 +66,12 @@ class Settings(BaseSettings):
     @property
     def state_db(self) -> Path:
         return self.state_dir / "state.sqlite"
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The one retry policy, from the settings (adapter reads and engine back-off)."""
+    return RetryPolicy(
+        attempts=settings.read_attempts,
+        first_delay_s=settings.retry_delay_s,
+        max_delay_s=settings.max_backoff_s,
+    )

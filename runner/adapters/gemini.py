@@ -43,8 +43,8 @@ from runner.errors import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 JSONL_MIME = "application/jsonl"
-RETRY_DELAY_S = 2.0  # first wait after a transient error that names none
 PROCESSING_WAIT_S = 600.0  # how long an upload may stay PROCESSING (video) before we retry
+PROCESSING_POLL_S = 2.0
 
 
 class GeminiBackend:
@@ -57,8 +57,7 @@ class GeminiBackend:
         base_url: str | None = None,
         api_version: str = "v1beta",
         timeout_s: float = 120.0,
-        read_attempts: int = 5,
-        max_backoff_s: float = 60.0,
+        retry: failures.RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         options = types.HttpOptions(api_version=api_version, timeout=int(timeout_s * 1000))
@@ -67,8 +66,7 @@ class GeminiBackend:
         self._client = genai.Client(api_key=api_key, http_options=options)
         # Named in connection errors: the SDK's resolved one (argument, env var or Google's).
         self.base_url = str(self._client._api_client._http_options.base_url or "").rstrip("/")
-        self._read_attempts = read_attempts
-        self._max_backoff_s = max_backoff_s
+        self._retry = retry or failures.RetryPolicy()
         self._sleep = sleep
         self.api_errors: Counter[str] = Counter()  # read by the metrics endpoint
 
@@ -106,10 +104,9 @@ class GeminiBackend:
                 raise TransientBackendError(
                     f"{uploaded.name} is still processing after {waited:.0f}s",
                     status="PROCESSING",
-                    delay=RETRY_DELAY_S,
                 )
-            self._sleep(RETRY_DELAY_S)
-            waited += RETRY_DELAY_S
+            self._sleep(PROCESSING_POLL_S)
+            waited += PROCESSING_POLL_S
             uploaded = self._client.files.get(name=uploaded.name)
         if uploaded.state == types.FileState.FAILED:
             raise PermanentBackendError(f"the service could not process {uploaded.name}")
@@ -167,7 +164,6 @@ class GeminiBackend:
             raise TransientBackendError(
                 "the upload was not started: no upload URL in the reply",
                 status="UPLOAD_FAILED",
-                delay=RETRY_DELAY_S,
             )
         reply = self._client._api_client.upload_file(str(path), url, size).json
         body: dict[str, Any] = reply if isinstance(reply, dict) else {}
@@ -181,7 +177,6 @@ class GeminiBackend:
             raise TransientBackendError(
                 f"the upload's final reply was an error: {said or str(reply)[:200] or 'empty'}",
                 status="UPLOAD_FAILED",
-                delay=RETRY_DELAY_S,
             )
         return types.File._from_response(response=body["file"], kwargs={})
 
@@ -209,7 +204,7 @@ class GeminiBackend:
         except Exception as exc:
             error = self._translated(exc, what)
             if _may_have_created(error):
-                delay = error.delay if isinstance(error, TransientBackendError) else RETRY_DELAY_S
+                delay = error.delay if isinstance(error, TransientBackendError) else None
                 raise UnclearCreateError(
                     str(error), code=error.code, status=error.status, delay=delay
                 ) from exc
@@ -352,14 +347,14 @@ class GeminiBackend:
 
     def _read(self, call: Callable[[], T], *, what: str) -> T:
         """Run an idempotent call, retrying transient failures with back-off."""
-        for attempt in range(1, self._read_attempts + 1):
+        for attempt in range(1, self._retry.attempts + 1):
             try:
                 return call()
             except Exception as exc:
                 error = self._translated(exc, what)
-                if not isinstance(error, TransientBackendError) or attempt == self._read_attempts:
+                if not isinstance(error, TransientBackendError) or attempt == self._retry.attempts:
                     raise error from exc
-                delay = min(error.delay * attempt, self._max_backoff_s)
+                delay = self._retry.wait(attempt, hinted=error.delay)
                 log.warning("%s: %s; retry %d in %.1fs", what, error, attempt, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
@@ -380,11 +375,11 @@ def _translate(exc: Exception, what: str, *, base_url: str) -> BackendError:
     """
     if isinstance(exc, BackendError):
         return exc
-    code, status, delay = 0, "", RETRY_DELAY_S
+    code, status, delay = 0, "", None
     if isinstance(exc, genai_errors.APIError):
         code, status = int(exc.code or 0), exc.status or ""
         message = f"{what}: {code} {status}: {exc.message or ''}".strip()
-        delay = _retry_delay(exc) or delay
+        delay = _retry_delay(exc)
     elif isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | ConnectionRefusedError):
         status = "CONNECTION"  # the request never left: nothing happened at the server
         message = f"{what}: cannot reach the Gemini API at {base_url} ({_words(exc)})"

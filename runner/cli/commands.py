@@ -39,7 +39,7 @@ from runner.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
-from runner.settings import Settings
+from runner.settings import Settings, retry_policy
 
 MAX_WAIT_ROUNDS = 20  # plan -> run -> ingest rounds in one apply --wait (retries need rounds)
 
@@ -66,7 +66,7 @@ def runtime(
         base_url=settings.base_url,
         api_version=settings.api_version,
         timeout_s=settings.http_timeout_s,
-        max_backoff_s=settings.max_backoff_s,
+        retry=retry_policy(settings),
     )
     try:
         yield Runtime(

@@ -89,3 +89,22 @@ def classify(*, code: int | None = None, status: str | None = None) -> Verdict:
     if code in PERMANENT_HTTP and code not in TRANSIENT_HTTP_4XX:
         return Verdict(False, f"HTTP {code}")
     return Verdict(True, f"HTTP {code}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often an idempotent call is tried again, and how long to wait: the one policy.
+
+    Its numbers come from settings (``read_attempts``, ``retry_delay_s``, ``max_backoff_s``);
+    the adapter retries reads with it and the engine backs off creates with it.
+    """
+
+    attempts: int = 5
+    first_delay_s: float = 2.0
+    max_delay_s: float = 300.0
+
+    def wait(self, attempt: int, *, hinted: float | None = None) -> float:
+        """Seconds before try ``attempt + 1``: the server's RetryInfo if it gave one, else
+        the first delay times the attempt; never more than the cap."""
+        base = hinted if hinted is not None else self.first_delay_s * attempt
+        return min(base, self.max_delay_s)

@@ -207,10 +207,11 @@ def _guarded(rt: Runtime, job: JobRow, report: SubmitReport, work: Callable[[], 
         report.waiting += 1
         if exc.code != 429:
             report.api_errors.append(str(exc))
-        rt.back_off(exc.delay, _backoff_reason(exc))
+        wait = rt.retry.wait(1, hinted=exc.delay)
+        rt.back_off(wait, _backoff_reason(exc))
         rt.state.update_job(job.id, error=str(exc))
         rt.state.event("backoff", str(exc), manifest=job.manifest, job=job.id)
-        log.warning("%s: %s; retrying in %.0fs", job.display_name, exc, exc.delay)
+        log.warning("%s: %s; retrying in %.0fs", job.display_name, exc, wait)
     except PermanentBackendError as exc:
         report.backend_errors.append(str(exc))
         rt.state.update_manifest(job.manifest, last_error=str(exc))
@@ -312,7 +313,7 @@ def _look_for(rt: Runtime, names: set[str]) -> dict[str, RemoteJob] | None:
     except BackendError as exc:
         log.warning("listing jobs to find lost creates: %s", exc)
         if isinstance(exc, TransientBackendError):
-            rt.back_off(exc.delay, _backoff_reason(exc))
+            rt.back_off(rt.retry.wait(1, hinted=exc.delay), _backoff_reason(exc))
         return None
     return found
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from runner.adapters.state import StateStore
 from runner.core.clock import Clock, SystemClock
+from runner.core.failures import RetryPolicy
 from runner.core.ports import Backend
 from runner.core.pricing import PriceTable
-from runner.settings import Settings
+from runner.settings import Settings, retry_policy
 
 log = logging.getLogger("gbatch")
 
@@ -30,6 +31,10 @@ class Runtime:
     backoff_until: float = 0.0  # clock.monotonic() before which no create is attempted
     backoff_reason: str = ""  # what the API said when it asked to back off
 
+    @property
+    def retry(self) -> RetryPolicy:
+        return retry_policy(self.settings)
+
     def backing_off(self) -> str | None:
         """Why creates wait now (a 429, an unreachable API), or None."""
         if self.clock.monotonic() < self.backoff_until:
@@ -37,7 +42,6 @@ class Runtime:
         return None
 
     def back_off(self, seconds: float, reason: str) -> None:
-        seconds = min(seconds, self.settings.max_backoff_s)
         self.backoff_until = max(self.backoff_until, self.clock.monotonic() + seconds)
         self.backoff_reason = reason
 

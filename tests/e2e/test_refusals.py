@@ -41,6 +41,7 @@ def test_an_unreachable_api_exits_3_naming_where_it_looked(
     gbatch.write("cities.yaml", MANIFEST)
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9")  # discard: refused
     monkeypatch.setenv("GBATCH_HTTP_TIMEOUT_S", "2")
+    monkeypatch.setenv("GBATCH_RETRY_DELAY_S", "0.01")  # the reads' own retries, kept short
     result = gbatch("apply", "manifests", "--wait")
     assert result.code == 3, result.out + result.err
     assert "127.0.0.1:9" in result.err
