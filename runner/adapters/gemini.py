@@ -30,6 +30,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from runner.core import failures
+from runner.core.atomic import replacing
 from runner.core.jobs import INLINE_MAX_REQUESTS, JobState, RemoteJob
 from runner.core.ports import UploadedFile
 from runner.errors import (
@@ -245,37 +246,35 @@ class GeminiBackend:
         Otherwise no key is invented: the raw operation is kept beside ``dest``
         (``<dest>.raw.json``) and :class:`ResultsMismatchError` raised.
         """
-        partial = dest.with_name(dest.name + ".part")
         if job.result_file:
             file_name = job.result_file
 
             def download() -> None:
-                self._client.files.download(file=file_name, destination=str(partial))
+                with replacing(dest) as partial:
+                    self._client.files.download(file=file_name, destination=str(partial))
 
             self._read(download, what=f"download {file_name}")
-        else:
-            operation = self._raw_get(_batch_path(job.name))
-            output = operation.get("response") or operation.get("metadata", {}).get("output", {})
-            inlined = output.get("inlinedResponses", {}).get("inlinedResponses", [])
-            matched = _match_inline(inlined, keys)
-            if matched is None:
-                raw = dest.with_name(dest.name + ".raw.json")
-                raw_partial = raw.with_name(raw.name + ".part")
-                raw_partial.write_text(json.dumps(operation, ensure_ascii=False))
-                raw_partial.replace(raw)
-                labelled = sum(1 for item in inlined if _inline_key(item) is not None)
-                raise ResultsMismatchError(
-                    f"{job.name}: {len(inlined)} inline answers ({labelled} with a key) for "
-                    f"{'an unknown number of' if keys is None else len(keys)} requests: "
-                    f"which answer is whose cannot be told; the raw output is in {raw}",
-                    raw_path=raw,
-                )
-            with partial.open("w") as out:
-                for key, item in matched:
-                    line = {"key": key}
-                    line.update({k: item[k] for k in ("response", "error") if k in item})
-                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        partial.replace(dest)
+            return
+        operation = self._raw_get(_batch_path(job.name))
+        output = operation.get("response") or operation.get("metadata", {}).get("output", {})
+        inlined = output.get("inlinedResponses", {}).get("inlinedResponses", [])
+        matched = _match_inline(inlined, keys)
+        if matched is None:
+            raw = dest.with_name(dest.name + ".raw.json")
+            with replacing(raw) as partial:
+                partial.write_text(json.dumps(operation, ensure_ascii=False))
+            labelled = sum(1 for item in inlined if _inline_key(item) is not None)
+            raise ResultsMismatchError(
+                f"{job.name}: {len(inlined)} inline answers ({labelled} with a key) for "
+                f"{'an unknown number of' if keys is None else len(keys)} requests: "
+                f"which answer is whose cannot be told; the raw output is in {raw}",
+                raw_path=raw,
+            )
+        with replacing(dest) as partial, partial.open("w") as out:
+            for key, item in matched:
+                line = {"key": key}
+                line.update({k: item[k] for k in ("response", "error") if k in item})
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:
         def count() -> int:

@@ -14,13 +14,13 @@ Called by the engine's reconcile (diff, chunk) and follow (record_outcome) steps
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters.duck import Connection, literal, path_list, shared_memory
 from runner.core import failures
+from runner.core.atomic import replacing
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,9 @@ class Outcome:
     missing: int
 
 
-def _atomic_copy(con: Connection, select: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    con.execute(f"copy ({select}) to {literal(str(partial))} (format parquet)")
-    os.replace(partial, out)
+def _atomic_copy(con: Connection, select: str, out: Path, *, fmt: str = "parquet") -> None:
+    with replacing(out) as partial:
+        con.execute(f"copy ({select}) to {literal(str(partial))} (format {fmt})")
 
 
 def diff(
@@ -368,7 +366,6 @@ def complete_with_errors(
     """
     con = shared_memory()
     error = json.dumps({"code": 0, "message": message, "status": status})
-    result_file.parent.mkdir(parents=True, exist_ok=True)
     have = result_file.exists() and result_file.stat().st_size > 0
     produced = (
         f"select key, response, error from read_json({literal(str(result_file))}, "
@@ -377,20 +374,19 @@ def complete_with_errors(
         if have
         else "select ''::varchar as key, null::json as response, null::json as error where false"
     )
-    partial = result_file.with_name(result_file.name + ".part")
-    con.execute(
+    _atomic_copy(
+        con,
         f"""
-        copy (
-            select key, response, error from ({produced})
-            union all
-            select r.key, null::json, {literal(error)}::json
-            from read_parquet({literal(str(job_requests))}) r
-            where r.key not in (select key from ({produced}))
-        ) to {literal(str(partial))} (format json)
-        """
+        select key, response, error from ({produced})
+        union all
+        select r.key, null::json, {literal(error)}::json
+        from read_parquet({literal(str(job_requests))}) r
+        where r.key not in (select key from ({produced}))
+        """,
+        result_file,
+        fmt="json",
     )
     con.close()
-    os.replace(partial, result_file)
 
 
 def store_answers(*, job_requests: Path, result_file: Path, out: Path) -> None:
@@ -415,17 +411,15 @@ def store_answers(*, job_requests: Path, result_file: Path, out: Path) -> None:
 def reused_lines(*, job_requests: Path, answers: list[Path], out: Path) -> None:
     """Result lines for a job of reused answers: each key gets its request hash's answer."""
     con = shared_memory()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    con.execute(
+    _atomic_copy(
+        con,
         f"""
-        copy (
-            select r.key, any_value(a.response)::json as response
-            from read_parquet({literal(str(job_requests))}) r
-            join read_parquet({path_list(answers)}) a using (request_hash)
-            group by r.key order by r.key
-        ) to {literal(str(partial))} (format json)
-        """
+        select r.key, any_value(a.response)::json as response
+        from read_parquet({literal(str(job_requests))}) r
+        join read_parquet({path_list(answers)}) a using (request_hash)
+        group by r.key order by r.key
+        """,
+        out,
+        fmt="json",
     )
     con.close()
-    os.replace(partial, out)

@@ -10,12 +10,12 @@ passed, and deletes one that no live job needs. Called by reconcile, submit and 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.adapters import sources
+from runner.core.atomic import replacing
 from runner.core.caching import body_chars, cache_body, cache_digest, min_cache_tokens
 from runner.core.clock import parse_time
 from runner.core.durations import parse_duration
@@ -64,10 +64,8 @@ def prepare(rt: Runtime | None, loaded: LoadedManifest, *, count_tokens: bool) -
     ttl_s = parse_duration(manifest.spec.cache.ttl)
     if rt is not None:
         path = _body_path(rt, manifest.name, digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        partial.write_text(json.dumps({"model": model, "body": body, "ttl_s": ttl_s}))
-        os.replace(partial, path)
+        with replacing(path) as partial:
+            partial.write_text(json.dumps({"model": model, "body": body, "ttl_s": ttl_s}))
     return PreparedCache(
         digest=digest,
         body=body,
