@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from runner.core.clock import Clock, SystemClock, parse_time, stamp
 from runner.core.lifecycle import LIVE_PHASES, JobFacts, Phase, check_move
+from runner.core.manifest import Policy
 from runner.errors import LockedError, StoreError
 
 # Ordered, named migrations (llm's pattern): each applied one is recorded by name, so adding
@@ -224,6 +225,11 @@ class ManifestRow:
     last_error: str | None
     updated_at: str
     policy: str
+
+    @property
+    def policy_spec(self) -> Policy:
+        """The manifest's policy as recorded, with the model's own defaults (one place)."""
+        return Policy.model_validate_json(self.policy or "{}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ Called by ``runner.engine.cycle``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +42,7 @@ from runner.core.lifecycle import (
     step,
     terminal_outcome,
 )
+from runner.core.manifest import Policy
 from runner.engine import caching
 from runner.engine.runtime import Runtime, log
 from runner.errors import (
@@ -70,9 +70,9 @@ class SubmitReport:
 def policy_for(rt: Runtime, job: JobRow) -> LifecyclePolicy:
     """The time rules for ``job``: its manifest's deadline, the settings' grace."""
     row = rt.state.manifest(job.manifest)
-    deadline = json.loads(row.policy or "{}").get("deadline", "36h") if row else "36h"
+    policy = row.policy_spec if row else Policy()
     return LifecyclePolicy(
-        deadline_s=parse_duration(deadline),
+        deadline_s=parse_duration(policy.deadline),
         adopt_grace_s=rt.settings.adopt_grace_s,
     )
 

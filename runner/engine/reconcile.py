@@ -399,7 +399,7 @@ def remove_manifest(rt: Runtime, name: str) -> None:
     row = rt.state.manifest(name)
     if row is None:
         return
-    on_delete = json.loads(row.policy or "{}").get("on_delete", "keep")
+    on_delete = row.policy_spec.on_delete
     for job in rt.state.jobs(manifest=name, live=True):
         if job.phase in (Phase.PLANNED, Phase.UPLOADED):
             rt.state.transition(job.id, Phase.ABANDONED, error="manifest removed")
