@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.adapters.watcher import ManifestWatcher
+from runner.core.clock import FakeClock
 from runner.core.lifecycle import Phase
 from runner.engine import reconcile
 from runner.engine.daemon import Daemon, DaemonOptions
@@ -247,3 +248,29 @@ def test_an_emptied_manifest_file_is_invalid_not_deleted(rt: Runtime, tmp_path: 
     write(root, "keep", [1, 2], extra="policy: {on_delete: cancel}\n")
     d.reconcile(None)
     assert rt.state.invalid_files() == []
+
+
+def test_the_settle_window_and_the_health_staleness_run_on_the_clock(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    write(root, "a", [1])
+    path = write(root, "b", [2])
+    d = Daemon(timed, DaemonOptions(root=root, settle_s=30.0, mass_delete_fraction=1.0))
+    d.reconcile(None)
+    path.unlink()
+    d.reconcile(None)
+    clock.advance(29)
+    d.reconcile(None)
+    row = timed.state.manifest("b")
+    assert row is not None and row.status == "missing"  # inside the settle window
+    clock.advance(2)
+    d.reconcile(None)
+    row = timed.state.manifest("b")
+    assert row is not None and row.status == "removed"
+    d._beat = clock.monotonic()
+    clock.advance(599)
+    assert d.health_problems() == []
+    clock.advance(2)
+    assert d.health_problems() == ["the reconcile loop has not turned for 601s"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.core.clock import FakeClock
+from runner.core.clock import FakeClock, parse_time
 from runner.core.lifecycle import Phase
 from runner.core.loader import load_paths
 from runner.engine import cycle
@@ -170,3 +170,61 @@ def test_a_job_past_its_deadline_is_cancelled_once_and_its_given_answers_are_kep
     assert rows(timed, "select count(*) filter (status = 'succeeded') from nums") == [(4,)]
     second = list(backend.inputs.values())[-1]
     assert len(second) == 2
+
+
+def cached(tmp_path: Path, *, ttl: str) -> dict[str, object]:
+    root = tmp_path / "c"
+    root.mkdir(exist_ok=True)
+    (root / "guide.md").write_text("Our style: short sentences, active voice. " * 120)
+    (root / "copy.yaml").write_text(
+        "name: copy\nmodel: gemini-2.5-flash\nsource: {key: n, rows: [{n: 1}, {n: 2}]}\n"
+        "prompt: {system: You write copy., template: 'Describe {{ n }}.'}\n"
+        f"cache: {{files: [guide.md], ttl: {ttl}}}\n"
+    )
+    loaded, errors = load_paths([root])
+    assert not errors
+    return {item.manifest.name: item for item in loaded}
+
+
+def test_a_cache_is_extended_while_its_job_waits_and_deleted_after(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 1 h cache and a job 5 h in the queue: extended each time half its TTL is gone,
+    never allowed to lapse, deleted once the job is in."""
+    loaded = cached(tmp_path, ttl="1h")
+    backend = fake(timed)
+    backend.hold = True
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    assert backend.count("create_cache") == 1
+    for _ in range(20):  # 5 h in steps of 15 min
+        clock.advance(HOUR / 4)
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+        (row,) = timed.state.caches()
+        assert (parse_time(row.expire_time) - clock.now()).total_seconds() > 0  # never lapsed
+    # extended when less than half is left: at 15-minute looks, every 45 minutes
+    assert backend.count("extend_cache") == 6
+    assert backend.count("delete_cache") == 0
+    backend.release()
+    report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    while report.live:
+        report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("delete_cache") == 1 and timed.state.caches() == []
+
+
+def test_a_429_with_retry_info_holds_every_create_until_its_delay_has_passed(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    timed.settings.max_backoff_s = 300
+    loaded = manifests(tmp_path)
+    backend = fake(timed)
+    backend.enqueue("create", TransientBackendError("429", code=429, delay=23))
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    (job,) = timed.state.jobs()
+    for _ in range(2):
+        clock.advance(11)
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+        assert backend.count("create") == 1  # inside the 23 s: not tried
+        assert "back off (429)" in (timed.state.job(job.id).error or "")
+    clock.advance(2)
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("create") == 2 and len(backend.jobs) == 1
