@@ -7,10 +7,15 @@ goes through :func:`confine` or :func:`confine_glob`. Called by the data plane a
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 
-class PathEscapeError(ValueError):
+class PathError(ValueError):
+    """A manifest path gbatch will not use; the message says why."""
+
+
+class PathEscapeError(PathError):
     """A manifest path points outside the manifest root."""
 
 
@@ -21,8 +26,11 @@ def confine(relative: str, *, base_dir: Path, root: Path) -> Path:
     """
     if Path(relative).is_absolute():
         raise PathEscapeError(f"{relative!r} is absolute; paths are relative to the manifest")
-    resolved = (base_dir / relative).resolve()
-    root = root.resolve()
+    try:
+        resolved = (base_dir / relative).resolve()
+        root = root.resolve()
+    except (ValueError, OSError) as exc:  # NUL bytes, symlink loops, names the OS refuses
+        raise PathError(f"{relative!r} is not a usable path: {_reason(exc)}") from None
     if resolved != root and root not in resolved.parents:
         raise PathEscapeError(f"{relative!r} resolves outside the manifest root {root}")
     return resolved
@@ -37,3 +45,9 @@ def confine_glob(pattern: str, *, base_dir: Path, root: Path) -> list[Path]:
     return [
         confine(str(Path(m).relative_to(base_dir)), base_dir=base_dir, root=root) for m in matches
     ]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc)

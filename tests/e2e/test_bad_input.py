@@ -87,6 +87,14 @@ def fingerprint(paths: list[Path]) -> list[str]:
             {},
             "only SELECT is allowed, got SET",
         ),
+        ("", {}, "bad.yaml: empty manifest: the file holds no YAML document"),
+        ("\n  \n", {}, "bad.yaml: empty manifest"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", {}, "bad.yaml:1:68: nested deeper than 64 levels"),
+        (
+            'model: gemini-2.5-flash\nsource: {path: "d\\0.csv"}\nprompt: {template: x}\n',
+            {},
+            "bad.yaml:2:16: source.path: 'd\\x00.csv' is not a usable path: embedded null byte",
+        ),
     ],
 )
 def test_each_bad_manifest_gets_its_message_and_nothing_changes(
