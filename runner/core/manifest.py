@@ -18,6 +18,7 @@ from runner.core.durations import parse_duration
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TABLE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 API_VERSION = "gbatch/v1"
+DEFAULT_QUERY_TIMEOUT = "5m"  # a query source still running after this is stopped
 
 
 class Strict(BaseModel):
@@ -44,6 +45,20 @@ class Source(Strict):
     query: str | None = Field(None, description="DuckDB SQL over local files (locked down).")
     rows: list[dict[str, Any]] | None = Field(None, description="Inline rows.")
     key: str | None = Field(None, description="Column that keys each request; else a row hash.")
+    # How long a query may run: operational, not part of what the manifest asks for, so it
+    # is left out of the digest (changing it makes no new version).
+    timeout: str = Field(
+        DEFAULT_QUERY_TIMEOUT,
+        exclude=True,
+        description="How long a `query` may run before it is stopped (90s, 15m, 1h).",
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("timeout must be longer than 0s")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
@@ -57,7 +72,13 @@ class Source(Strict):
             raise ValueError("key does not apply to requests: their lines carry their own key")
         if self.format is not None and self.path is None:
             raise ValueError("format applies only to path")
+        if "timeout" in self.model_fields_set and self.query is None:
+            raise ValueError("timeout applies only to query")
         return self
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
 
     @property
     def kind(self) -> Literal["path", "requests", "query", "rows"]:

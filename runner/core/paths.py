@@ -1,13 +1,19 @@
 """Confining manifest paths to their root: no ``..``, no absolute paths, no symlink escapes.
 
-Manifests are untrusted input. Every file a manifest names (source files, globs, cache files)
-goes through :func:`confine` or :func:`confine_glob`. Called by the data plane and the loader.
+Manifests are untrusted input. Every file a manifest names (source files, globs, cache and
+media files) goes through :func:`confine_file` or :func:`confine_glob`, which also refuse
+what is not one plain file of the root's own: a name that is not a path at all (a NUL byte,
+too long), a file with several hard links (a hard link under the root may be a file from
+anywhere), and gbatch's own state and results (``forbidden``). Called by the data plane and
+the loader.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -36,15 +42,56 @@ def confine(relative: str, *, base_dir: Path, root: Path) -> Path:
     return resolved
 
 
-def confine_glob(pattern: str, *, base_dir: Path, root: Path) -> list[Path]:
-    """Files matching ``pattern`` (sorted), each confined; raises if one escapes or none match."""
+def confine_file(
+    relative: str, *, base_dir: Path, root: Path, forbidden: Sequence[Path] = ()
+) -> Path:
+    """``relative`` confined, and checked to be a source file gbatch may read (see module)."""
+    path = confine(relative, base_dir=base_dir, root=root)
+    check_file(path, shown=relative, forbidden=forbidden)
+    return path
+
+
+def confine_glob(
+    pattern: str, *, base_dir: Path, root: Path, forbidden: Sequence[Path] = ()
+) -> list[Path]:
+    """Files matching ``pattern`` (sorted), each confined and checked; raises if none match."""
     confine(pattern.split("*")[0] or ".", base_dir=base_dir, root=root)
-    matches = sorted(glob.glob(str(base_dir / pattern), recursive=True))
+    try:
+        matches = sorted(glob.glob(str(base_dir / pattern), recursive=True))
+    except (ValueError, OSError) as exc:
+        raise PathError(f"{pattern!r} is not a usable pattern: {_reason(exc)}") from None
     if not matches:
-        raise FileNotFoundError(f"no file matches {pattern!r}")
+        raise PathError(f"no file matches {pattern!r}")
     return [
-        confine(str(Path(m).relative_to(base_dir)), base_dir=base_dir, root=root) for m in matches
+        confine_file(
+            str(Path(m).relative_to(base_dir)), base_dir=base_dir, root=root, forbidden=forbidden
+        )
+        for m in matches
     ]
+
+
+def check_file(path: Path, *, shown: str, forbidden: Sequence[Path] = ()) -> None:
+    """Raise PathError unless ``path`` (resolved) is one regular file outside ``forbidden``."""
+    for private in forbidden:
+        private = private.resolve()
+        if path == private or private in path.parents:
+            raise PathError(
+                f"{shown!r} is inside gbatch's own files ({private}): sources may not read "
+                "gbatch's state or results"
+            )
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise PathError(f"no such file: {shown} (looked at {path})") from None
+    except (ValueError, OSError) as exc:
+        raise PathError(f"cannot read {shown}: {_reason(exc)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PathError(f"{shown} is not a regular file (looked at {path})")
+    if info.st_nlink > 1:
+        raise PathError(
+            f"{shown} has {info.st_nlink} hard links; source files must have exactly one "
+            "(a hard link under the root can be a file from outside it)"
+        )
 
 
 def _reason(exc: BaseException) -> str:
