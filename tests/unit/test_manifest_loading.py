@@ -288,3 +288,14 @@ def test_a_nul_byte_in_a_cache_file_is_a_located_error(tmp_path: Path) -> None:
 def test_a_trailing_document_separator_is_not_a_document(tmp_path: Path) -> None:
     (item,) = load(FULL + "---\n", tmp_path)
     assert item.manifest.name == "copy"
+
+
+def test_a_query_timeout_is_no_new_version(tmp_path: Path) -> None:
+    query = "model: gemini-2.5-flash\nsource: {query: 'select 1 a'}\nprompt: {template: x}\n"
+    (default,) = load(query, tmp_path)
+    (longer,) = load(query.replace("'select 1 a'", "'select 1 a', timeout: 20m"), tmp_path)
+    assert longer.manifest.spec.source.timeout_s == 1200
+    assert default.manifest.spec.source.timeout_s == 300
+    assert longer.digest == default.digest  # operational: changing it re-plans nothing
+    (error,) = errors_of(query.replace("'select 1 a'", "'select 1 a', timeout: 0s"), tmp_path)
+    assert "source.timeout: timeout must be longer than 0s" in error
