@@ -11,7 +11,7 @@ caller is interrupted; the kernel kills it when its parent dies (``PR_SET_PDEATH
 after kill -9). DuckDB's ``memory_limit`` and spill cap plus ``RLIMIT_DATA`` bound memory.
 
 Locked down: the connection reads only files under the manifest root, minus what no source
-may read: ``forbidden`` (gbatch's state directory and results file when they sit under the
+may read: ``forbidden`` (gbatch's state directory and results file where they sit under the
 root), files with several hard links (one may be a file from outside the root) and special
 files. DuckDB's allow-list cannot subtract, so the root is partitioned: every folder and file
 of the root that neither is nor holds one of those is allowed, the rest is not. DuckDB
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.adapters.duck import Error, literal, lock_down, memory, single_select
+from runner.core.paths import guarding
 from runner.errors import GbatchError, ManifestError
 
 MEMORY_LIMIT = "1GB"  # DuckDB's own cap in the child; it spills beyond it ...
@@ -50,7 +51,7 @@ MAX_ROOT_ENTRIES = 500_000  # a root bigger than this is not walked (and not que
 POLL_S = 0.1  # how soon a set ``cancel`` stops the child
 PR_SET_PDEATHSIG = 1
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-_PRIVATE = "is gbatch's own state or results"
+_PRIVATE = "is off limits to sources (gbatch's state, results or git metadata)"
 _REFUSED_PATH = re.compile(r'Cannot access (?:file|directory) "([^"]*)"')
 
 
@@ -87,7 +88,7 @@ def run(
     if problem:
         raise ManifestError(problem, field="source.query")
     base_dir, root = base_dir.resolve(), root.resolve()
-    readable = readable_under(root, forbidden=[p.resolve() for p in forbidden])
+    readable = readable_under(root, forbidden=guarding(forbidden, root=root))
     work = Path(tempfile.mkdtemp(prefix="query-", dir=scratch.resolve()))
     out = work / "rows.parquet"
     spec = {
@@ -212,18 +213,17 @@ def readable_under(
 ) -> Readable:
     """The root partitioned into what a query may read (see the module docstring).
 
-    ``root`` and ``forbidden`` are resolved paths. Raises ManifestError when the root lies
-    inside gbatch's own files or holds more than ``limit`` entries (checking fails closed).
+    ``root`` is resolved, ``forbidden`` the resolved paths under it (``paths.guarding``).
+    Raises ManifestError when the root is one of them or holds more than ``limit`` entries
+    (checking fails closed).
     """
     refused: dict[Path, str] = {}
     for private in forbidden:
-        if private == root or private in root.parents:
+        if private == root:
             raise ManifestError(
-                f"the manifest root {root} is inside gbatch's own files ({private})",
-                field="source.query",
+                f"the manifest root {root} is gbatch's own files", field="source.query"
             )
-        if root in private.parents:
-            refused[private] = _PRIVATE
+        refused[private] = _PRIVATE
     seen = 0
     for folder, dirs, files in os.walk(root):
         here = Path(folder)

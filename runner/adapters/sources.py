@@ -80,12 +80,17 @@ def _files(
         raise ManifestError(str(exc), field=f"source.{field}") from None
 
 
-def private_paths(*, state_dir: Path, db: Path) -> tuple[Path, ...]:
+def private_paths(
+    *, state_dir: Path, db: Path, git_checkout: Path | None = None
+) -> tuple[Path, ...]:
     """gbatch's own files, which no source may read: the state directory, the results file
-    and the files DuckDB keeps beside it (write-ahead log, spill directory), resolved."""
-    return tuple(
-        p.resolve() for p in (state_dir, db, db.with_name(db.name + ".wal"), db.with_suffix(".tmp"))
-    )
+    and the files DuckDB keeps beside it (write-ahead log, spill directory), and a git
+    checkout's ``.git`` (its config may hold credentials), resolved. A manifest root inside
+    one of them (the checkout lives in the state directory) still reads its own files."""
+    paths = [state_dir, db, db.with_name(db.name + ".wal"), db.with_suffix(".tmp")]
+    if git_checkout is not None:
+        paths.append(git_checkout / ".git")
+    return tuple(p.resolve() for p in paths)
 
 
 def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path] | None:

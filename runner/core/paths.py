@@ -47,8 +47,18 @@ def confine_file(
 ) -> Path:
     """``relative`` confined, and checked to be a source file gbatch may read (see module)."""
     path = confine(relative, base_dir=base_dir, root=root)
-    check_file(path, shown=relative, forbidden=forbidden)
+    check_file(path, shown=relative, forbidden=guarding(forbidden, root=root.resolve()))
     return path
+
+
+def guarding(forbidden: Sequence[Path], *, root: Path) -> list[Path]:
+    """The ``forbidden`` paths (resolved) that guard something under ``root`` (resolved).
+
+    Those outside the root need no guard (confinement refuses them), and one that holds the
+    root (a git checkout kept in the state directory) does not forbid the root's own files.
+    """
+    resolved = [p.resolve() for p in forbidden]
+    return [p for p in resolved if p == root or root in p.parents]
 
 
 def confine_glob(
@@ -71,13 +81,13 @@ def confine_glob(
 
 
 def check_file(path: Path, *, shown: str, forbidden: Sequence[Path] = ()) -> None:
-    """Raise PathError unless ``path`` (resolved) is one regular file outside ``forbidden``."""
+    """Raise PathError unless ``path`` (resolved) is one regular file outside ``forbidden``
+    (resolved paths)."""
     for private in forbidden:
-        private = private.resolve()
         if path == private or private in path.parents:
             raise PathError(
                 f"{shown!r} is inside gbatch's own files ({private}): sources may not read "
-                "gbatch's state or results"
+                "gbatch's state, results or git metadata"
             )
     try:
         info = path.stat()

@@ -230,15 +230,18 @@ def state_in_root(tmp_path: Path) -> tuple[Path, tuple[Path, ...]]:
         ),
         (
             "select * from read_parquet('.gbatch/answers/*.parquet')",
-            "'.gbatch/answers/*.parquet': .gbatch is gbatch's own state or results",
+            "'.gbatch/answers/*.parquet': .gbatch is off limits to sources",
         ),
-        ("select content from read_blob('gbatch.duckdb')", "gbatch.duckdb is gbatch's own state"),
-        ("select * from read_parquet('data/sneak.parquet')", ".gbatch is gbatch's own state"),
+        (
+            "select content from read_blob('gbatch.duckdb')",
+            "gbatch.duckdb is off limits to sources",
+        ),
+        ("select * from read_parquet('data/sneak.parquet')", ".gbatch is off limits to sources"),
         (
             "select * from read_parquet('data/../.gbatch/answers/job.parquet')",
-            ".gbatch is gbatch's own state",
+            ".gbatch is off limits to sources",
         ),
-        ("select * from read_parquet('ROOT/.gbatch/answers/job.parquet')", ".gbatch is gbatch's"),
+        ("select * from read_parquet('ROOT/.gbatch/answers/job.parquet')", ".gbatch is off limits"),
         (
             "select content from read_blob('*/answers/*')",
             "'*/answers/*': it would reach gbatch's own files",
@@ -281,3 +284,24 @@ def test_a_query_refuses_a_hard_linked_file_and_names_it(tmp_path: Path) -> None
         build(root, "select * from read_csv('*.csv')")
     assert "'*.csv': it would reach linked.csv, which has 2 hard links" in str(caught.value)
     assert build(root, "select * from read_csv('fine.csv')") == (1, [("Ada",)])
+
+
+def test_a_git_checkout_inside_the_state_dir_reads_its_files_but_not_its_git_dir(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / ".gbatch"
+    checkout = state / "checkout"  # where `gbatch watch --git` keeps it
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / ".git" / "config").write_text("url = https://user:token-123@example.com/x\n")
+    (checkout / "people.csv").write_text("name\nAda\n")
+    (state / "answers").mkdir()
+    forbidden = private_paths(state_dir=state, db=tmp_path / "gbatch.duckdb", git_checkout=checkout)
+    out = state / "sets" / "q" / "set.parquet"
+    sql = "select name from read_csv('people.csv')"
+    assert build(checkout, sql, out=out, forbidden=forbidden) == (1, [("Ada",)])
+    with pytest.raises(ManifestError) as caught:
+        build(
+            checkout, "select content from read_text('.git/config')", out=out, forbidden=forbidden
+        )
+    assert "may not read '.git/config': .git is off limits to sources" in str(caught.value)
+    assert "token-123" not in str(caught.value)

@@ -201,3 +201,28 @@ def test_a_path_the_os_refuses_is_a_located_error_not_a_crash(
             _spec_manifest(**spec), base_dir=tmp_path, root=tmp_path, out=tmp_path / "set.pq"
         )
     assert caught.value.field == field and message in str(caught.value)
+
+
+def test_a_root_inside_the_state_dir_reads_its_own_files(tmp_path: Path) -> None:
+    state = tmp_path / ".gbatch"
+    checkout = state / "checkout"  # `gbatch watch --git` keeps its checkout here
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / "rows.csv").write_text("id,name\n1,Ada\n")
+    (checkout / ".git" / "config").write_text("[remote]\n")
+    forbidden = private_paths(state_dir=state, db=tmp_path / "gbatch.duckdb", git_checkout=checkout)
+    built = build_requests(
+        _manifest("rows.csv"),
+        base_dir=checkout,
+        root=checkout,
+        out=state / "sets" / "m" / "set.pq",
+        forbidden=forbidden,
+    )
+    assert built.count == 1
+    with pytest.raises(ManifestError, match="is inside gbatch's own files"):
+        build_requests(
+            _manifest(".git/config"),
+            base_dir=checkout,
+            root=checkout,
+            out=state / "sets" / "m" / "set.pq",
+            forbidden=forbidden,
+        )
