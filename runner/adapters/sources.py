@@ -12,7 +12,6 @@ link, none of gbatch's own files: ``private_paths``). Called by validate, reconc
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from runner.adapters.duck import (
     path_list,
 )
 from runner.core import schema_types, template
+from runner.core.atomic import replacing
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathError, confine_file, confine_glob
 from runner.core.requests import CACHE_PLACEHOLDER, PARTS_OPEN, hash_salt, request_shape
@@ -328,17 +328,16 @@ def build_requests(
                     con, manifest, build, cache_digest=cache_digest
                 )
             # Rendered, hashed and written in one streaming pass; checked on the file after.
-            partial = out.with_name(out.name + ".part")
-            try:
-                con.execute(f"copy ({select}) to {literal(str(partial))} ({SET_FORMAT})")
-            except Error as exc:
-                raise _unreadable(manifest, exc) from None
-            written = f"read_parquet({literal(str(partial))})"
-            _check_keys(con, written, source_keys)
-            count, size = con.execute(
-                f"select count(*), coalesce(sum(request_bytes), 0) from {written}"
-            ).fetchone() or (0, 0)
-            os.replace(partial, out)
+            with replacing(out) as partial:
+                try:
+                    con.execute(f"copy ({select}) to {literal(str(partial))} ({SET_FORMAT})")
+                except Error as exc:
+                    raise _unreadable(manifest, exc) from None
+                written = f"read_parquet({literal(str(partial))})"
+                _check_keys(con, written, source_keys)
+                count, size = con.execute(
+                    f"select count(*), coalesce(sum(request_bytes), 0) from {written}"
+                ).fetchone() or (0, 0)
         finally:
             con.close()
     return RequestSet(path=out, count=int(count), total_bytes=int(size), columns=columns)
@@ -457,17 +456,17 @@ def write_jsonl(
         placeholder = json.dumps(CACHE_PLACEHOLDER)
         request = f"replace({request}, {literal(placeholder)}, {literal(json.dumps(cache_name))})"
     try:
-        partial = out.with_name(out.name + ".part")
-        con.execute(
-            f"""
-            copy (
-                select '{{"key":' || to_json(r.key::varchar) || ',"request":' || {request} || '}}'
-                from {relation}
-            ) to {literal(str(partial))}
-            (format csv, header false, quote '', escape '', delimiter '\x1f')
-            """
-        )
-        os.replace(partial, out)
+        with replacing(out) as partial:
+            con.execute(
+                f"""
+                copy (
+                    select '{{"key":' || to_json(r.key::varchar) || ',"request":' || {request}
+                        || '}}'
+                    from {relation}
+                ) to {literal(str(partial))}
+                (format csv, header false, quote '', escape '', delimiter '\x1f')
+                """
+            )
         row = con.execute(f"select count(*) from read_parquet({literal(str(requests))})").fetchone()
     finally:
         con.close()

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.adapters import results
+from runner.adapters import results, sources
 from runner.adapters.gemini import GeminiBackend
 from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.metrics import MetricsServer
 from runner.adapters.state import JobRow, ProcessLock, StateStore
 from runner.cli import render
-from runner.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from runner.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code
 from runner.core.clock import Clock, SystemClock
 from runner.core.durations import parse_duration
 from runner.core.lifecycle import TO_SUBMIT, Phase
@@ -35,6 +35,7 @@ from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
 from runner.errors import (
     GbatchError,
+    ManifestError,
     ManifestErrors,
     PermanentBackendError,
     TransientBackendError,
@@ -81,15 +82,19 @@ def runtime(
         state.close()
 
 
-def _validated(paths: list[Path]) -> list[LoadedManifest]:
-    loaded, errors = validate(paths)
+def _private(settings: Settings) -> tuple[Path, ...]:
+    return sources.private_paths(state_dir=settings.state_dir, db=settings.db)
+
+
+def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
+    loaded, errors = validate(paths, forbidden=_private(settings))
     if errors:
         raise ManifestErrors(errors)
     return loaded
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    loaded, errors = validate(args.paths)
+    loaded, errors = validate(args.paths, forbidden=_private(settings))
     for error in sorted(errors, key=str):
         print(error, file=sys.stderr)
     for item in loaded:
@@ -101,7 +106,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
-    loaded = _validated(args.paths)
+    loaded = _validated(args.paths, settings)
     with (
         tempfile.TemporaryDirectory(prefix="gbatch-plan-") as scratch,
         runtime(settings, work_dir=Path(scratch)) as rt,
@@ -115,7 +120,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
-    loaded = _validated(args.paths)
+    loaded = _validated(args.paths, settings)
     by_name = {item.manifest.name: item for item in loaded}
     with ProcessLock(settings.state_dir), runtime(settings) as rt:
         progress = Progress(started=rt.clock.monotonic(), clock=rt.clock)
@@ -124,7 +129,7 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
             report = cycle.tick(rt, by_name, apply=list(by_name), scope=set(by_name))
             plans = list(report.plans.values())
             if report.errors and not plans:
-                raise GbatchError("; ".join(report.errors.values()))
+                raise _worst(list(report.errors.values()))
             if round_number == 0:
                 print(render.plan(plans))
             elif retrying := [p for p in plans if p.diff.submit_requests]:
@@ -137,7 +142,9 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
                     f"created {sent.created} job(s), adopted {sent.adopted}, "
                     f"waiting {sent.waiting}; `gbatch status` follows them"
                 )
-                return EXIT_FAILED if report.errors or any(p.blocked for p in plans) else EXIT_OK
+                if report.errors:
+                    return exit_code(_worst(list(report.errors.values())))
+                return EXIT_FAILED if any(p.blocked for p in plans) else EXIT_OK
             waiting = any(p.diff.waiting for p in plans)  # on another manifest's live job
             _wait(rt, by_name, progress, everyone=waiting)
             more = waiting or any(p.diff.submit_requests and not p.blocked for p in plans)
@@ -147,7 +154,18 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
         print(render.status(rt.state.manifests(), rt.state.jobs()))
         failed = any(j.phase is Phase.ABANDONED for j in rt.state.jobs() if j.manifest in by_name)
         blocked = any(p.blocked for p in plans)
-        return EXIT_FAILED if failed or blocked or report.errors else EXIT_OK
+        if report.errors:
+            return exit_code(_worst(list(report.errors.values())))
+        return EXIT_FAILED if failed or blocked else EXIT_OK
+
+
+def _worst(errors: list[GbatchError]) -> GbatchError:
+    """The error a command exits with when manifests failed: bad manifests together, else
+    the first (each is already in ``status`` and the log)."""
+    bad = [e for e in errors if isinstance(e, ManifestError)]
+    if len(bad) == len(errors):
+        return bad[0] if len(bad) == 1 else ManifestErrors(bad)
+    return next(e for e in errors if not isinstance(e, ManifestError))
 
 
 def _raise_api_refusals(

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from runner.core import template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
-from runner.core.paths import PathError, confine
+from runner.core.paths import PathError, confine, hidden_or_temp
 from runner.errors import Location, ManifestError, ManifestErrors
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -37,7 +37,6 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 ENVELOPE_KEYS = ("apiVersion", "kind", "metadata", "spec")
 SUFFIXES = (".yaml", ".yml")
-TEMP_PATTERNS = re.compile(r"(~$|^\.#|\.sw[a-p]$|^4913$|\.tmp$|\.part$)")
 
 
 @dataclass(frozen=True)
@@ -421,12 +420,6 @@ def load_file(path: Path, *, root: Path) -> list[LoadedManifest]:
     return load_text(text, path=path, root=root)
 
 
-def _hidden_or_temp(relative: Path) -> bool:
-    return any(p.startswith(".") for p in relative.parts) or bool(
-        TEMP_PATTERNS.search(relative.name)
-    )
-
-
 def _present(candidate: Path) -> bool:
     """A file, or something in its place that cannot be read (a dangling link, no access):
     listed, so that loading it reports an error instead of the manifest looking deleted."""
@@ -446,7 +439,7 @@ def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
                 relative = candidate.relative_to(root)
                 if (
                     candidate.suffix in SUFFIXES
-                    and not _hidden_or_temp(relative)
+                    and not hidden_or_temp(relative)
                     and _present(candidate)
                 ):
                     found.append((candidate, root))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,3 +109,16 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno).lower()
     return str(exc)
+
+
+# What editors, sed -i and downloaders leave beside a file while writing it: never a manifest.
+# One list, used by the loader (which files are manifests) and the watcher (which events).
+TEMP_NAMES = re.compile(r"(~$|^\.#|^#.*#$|\.sw[a-px]$|^4913$|\.tmp$|\.part$)")
+
+
+def hidden_or_temp(relative: Path) -> bool:
+    """A path under the manifest root that no manifest can be: hidden (any part starts with
+    a dot, ``.git/`` included) or an editor's swap, backup or temp file."""
+    return any(part.startswith(".") for part in relative.parts) or bool(
+        TEMP_NAMES.search(relative.name)
+    )

@@ -10,6 +10,7 @@ passed, and deletes one that no live job needs. Called by reconcile, submit and 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,24 @@ class PreparedCache:
         )
 
 
-def prepare(rt: Runtime | None, loaded: LoadedManifest, *, count_tokens: bool) -> PreparedCache:
-    """The manifest's cache body and digest (saved for submit when ``rt`` is given)."""
+def prepare(
+    rt: Runtime | None,
+    loaded: LoadedManifest,
+    *,
+    count_tokens: bool,
+    forbidden: Sequence[Path] = (),
+) -> PreparedCache:
+    """The manifest's cache body and digest (saved for submit when ``rt`` is given).
+
+    ``forbidden``: gbatch's own files (``rt.private`` when there is a runtime)."""
     manifest = loaded.manifest
     assert manifest.spec.cache is not None
-    files = sources.cache_files(manifest, base_dir=loaded.base_dir, root=loaded.root)
+    files = sources.cache_files(
+        manifest,
+        base_dir=loaded.base_dir,
+        root=loaded.root,
+        forbidden=rt.private if rt is not None else forbidden,
+    )
     body = cache_body(manifest, files)
     model = manifest.spec.model_id
     digest = cache_digest(model, body)

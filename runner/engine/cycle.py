@@ -20,7 +20,7 @@ from runner.errors import GbatchError, ManifestError
 @dataclass
 class TickReport:
     plans: dict[str, reconcile.ManifestPlan] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # manifest -> why it was not applied
+    errors: dict[str, GbatchError] = field(default_factory=dict)  # why each was not applied
     submitted: lifecycle.SubmitReport = field(default_factory=lifecycle.SubmitReport)
     ingested: ingest.IngestReport = field(default_factory=ingest.IngestReport)
     live: int = 0
@@ -61,14 +61,15 @@ def apply_all(
     *,
     starting: Callable[[str], None] = lambda name: None,
     stop: Callable[[], bool] = lambda: False,
-) -> tuple[dict[str, reconcile.ManifestPlan], dict[str, str]]:
+) -> tuple[dict[str, reconcile.ManifestPlan], dict[str, GbatchError]]:
     """Apply each named manifest in its own fault boundary; (plans, errors by manifest).
 
     Manifests whose source is a query (the slow kind, bounded by ``source.timeout``) go
     last, so the others are not held up behind them. ``starting`` hears each name first
     (the daemon's health check); ``stop`` is asked between manifests (SIGTERM).
     """
-    plans, errors = {}, {}
+    plans: dict[str, reconcile.ManifestPlan] = {}
+    errors: dict[str, GbatchError] = {}
     ordered = sorted(names, key=lambda name: manifests[name].manifest.spec.source.query is not None)
     for name in ordered:
         if stop():
@@ -77,7 +78,7 @@ def apply_all(
         try:
             plans[name] = apply_one(rt, manifests[name])
         except GbatchError as exc:
-            errors[name] = str(exc)
+            errors[name] = exc
             log.error("%s: %s", name, exc)
     return plans, errors
 

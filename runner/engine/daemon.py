@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.adapters import sources
 from runner.adapters.gitrepo import GitCheckout
+from runner.adapters.query_source import QueryStopped
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
@@ -65,6 +66,11 @@ class Daemon:
     _watcher: ManifestWatcher | None = None
     _cycle_error: str | None = None  # the last cycle's unexpected failure, for health
     _activity: tuple[str, float] | None = None  # what the loop is doing, since when
+
+    def __post_init__(self) -> None:
+        self.rt.stop = self.stop  # a running query source stops with the daemon
+        if self.options.git is not None:
+            self.rt.git_checkout = self.options.git.path
 
     def health_problems(self) -> list[str]:
         """What is wrong with this daemon, for the health endpoint (any thread may ask)."""
@@ -204,7 +210,10 @@ class Daemon:
                 self.known[name] = item
                 self.rt.state.clear_invalid({str(item.path)})
                 continue
-            problem = check_data(item)
+            try:
+                problem = check_data(item, forbidden=self.rt.private, cancel=self.stop)
+            except QueryStopped:
+                return  # stopping: nothing is wrong with the manifest
             if problem is not None:
                 self._invalid(problem)
                 continue

@@ -83,6 +83,8 @@ def plan_manifest(
             root=loaded.root,
             out=building,
             cache_digest=cache.digest if cache else "",
+            forbidden=rt.private,
+            cancel=rt.stop,
         )
     except ManifestError as exc:
         raise locate(loaded, exc) from exc

@@ -6,9 +6,11 @@ Also the state directory's layout, so every module names the same files the same
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.adapters import sources
 from runner.adapters.state import StateStore
 from runner.core.clock import Clock, SystemClock
 from runner.core.failures import RetryPolicy
@@ -28,8 +30,17 @@ class Runtime:
     commit: str | None = None
     work_dir: Path = field(default=Path())  # where new files go: a scratch dir for `plan`
     clock: Clock = field(default_factory=SystemClock)
+    git_checkout: Path | None = None  # a `watch --git` checkout (its .git is private)
+    stop: threading.Event | None = None  # set to stop a running query source (daemon stop)
     backoff_until: float = 0.0  # clock.monotonic() before which no create is attempted
     backoff_reason: str = ""  # what the API said when it asked to back off
+
+    @property
+    def private(self) -> tuple[Path, ...]:
+        """gbatch's own files, which no manifest source may read."""
+        return sources.private_paths(
+            state_dir=self.settings.state_dir, db=self.settings.db, git_checkout=self.git_checkout
+        )
 
     @property
     def retry(self) -> RetryPolicy:

@@ -43,7 +43,7 @@ def check_data(
     with tempfile.TemporaryDirectory(prefix="gbatch-validate-") as scratch:
         try:
             if loaded.manifest.spec.cache is not None:
-                cache = caching.prepare(None, loaded, count_tokens=False)
+                cache = caching.prepare(None, loaded, count_tokens=False, forbidden=forbidden)
                 if cache.too_small and cache.tokens * 2 < cache.minimum:
                     # only an estimate here: refuse what is clearly small; plan counts for real
                     raise ManifestError(cache.too_small, field="cache")
