@@ -735,7 +735,7 @@ def move_aside(results_db: Path) -> Path:
 
 def keep_rows(results_db: Path, table: str, jobs: Sequence[tuple[str, Path]]) -> dict[str, int]:
     """Copy each job's history rows (label, destination) out of the results file; rows
-    written per job. Jobs in moved-aside history tables are found there."""
+    written per job. A job whose rows are in a moved-aside history table is copied from it."""
     con = open_file(results_db, read_only=True)
     try:
         history = tables.history(table)
@@ -748,14 +748,15 @@ def keep_rows(results_db: Path, table: str, jobs: Sequence[tuple[str, Path]]) ->
                 [history, tables.retired(history, ""), history],
             ).fetchall()
         ]
+        where: dict[str, str] = {}
+        for name in physical:  # one table per job: their columns' types may differ
+            for (job,) in con.execute(f"select distinct job from {ident(name)}").fetchall():
+                where.setdefault(str(job), name)
         written = {}
         for label, out in jobs:
-            union = " union all by name ".join(
-                f"select * from {ident(p)} where job = {literal(label)}" for p in physical
-            )
-            if not union:
+            if label not in where:
                 continue
-            _copy_out(con, union, out)
+            _copy_out(con, f"select * from {ident(where[label])} where job = {literal(label)}", out)
             found = con.execute(
                 f"select count(*) from read_parquet({literal(str(out))})"
             ).fetchone()
