@@ -27,7 +27,7 @@ from runner.core.loader import LoadedManifest
 from runner.core.manifest import json_schema
 from runner.core.paths import confine
 from runner.core.pricing import load_prices
-from runner.engine import follow, reconcile, submit
+from runner.engine import follow, integrity, reconcile, submit
 from runner.engine.daemon import Daemon, DaemonOptions
 from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
@@ -73,6 +73,7 @@ def runtime(settings: Settings, *, work_dir: Path | None = None) -> Iterator[Run
 
 def _validated(paths: list[Path]) -> list[LoadedManifest]:
     loaded, errors = validate(paths)
+    loaded = integrity.refuse_collisions(loaded, errors, state_db=Settings().state_db)  # gbatch#13
     if errors:
         raise ManifestErrors(errors)
     return loaded
@@ -80,6 +81,7 @@ def _validated(paths: list[Path]) -> list[LoadedManifest]:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     loaded, errors = validate(args.paths)
+    loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)  # gbatch#13
     for error in sorted(errors, key=str):
         print(error, file=sys.stderr)
     for item in loaded:
@@ -108,6 +110,7 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     loaded = _validated(args.paths)
     by_name = {item.manifest.name: item for item in loaded}
     with ProcessLock(settings.state_dir), runtime(settings) as rt:
+        integrity.ensure(rt, loaded)  # gbatch#13: owner, table names, rebuild what is missing
         progress = Progress(started=time.monotonic())
         for round_number in range(MAX_WAIT_ROUNDS):
             plans = [reconcile.apply_manifest(rt, item) for item in loaded]
@@ -248,9 +251,39 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no manifests applied yet (state: {settings.state_dir})")
         return EXIT_OK
     print(render.status(manifests, jobs))
+    print("\n".join(_results_status(settings)))  # gbatch#13: is every answer in the results?
     if args.jobs:
         print()
         print(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def _results_status(settings: Settings) -> list[str]:
+    state = StateStore(settings.state_db)
+    try:
+        return integrity.status_lines(
+            integrity.Offline(
+                settings=settings, state=state, prices=load_prices(settings.prices_file)
+            )
+        )
+    finally:
+        state.close()
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    """Rewrite result tables from the state alone: no API key, no request sent."""
+    with ProcessLock(settings.state_dir):
+        state = StateStore(settings.state_db)
+        try:
+            stores = integrity.Offline(
+                settings=settings, state=state, prices=load_prices(settings.prices_file)
+            )
+            report = integrity.rebuild(
+                stores, table=args.table, move_to=args.move_to, claim=args.claim
+            )
+        finally:
+            state.close()
+    print("\n".join(report.lines()) or "every table is whole; nothing to rebuild")
     return EXIT_OK
 
 
@@ -292,6 +325,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "apply": cmd_apply,
     "watch": cmd_watch,
     "status": cmd_status,
+    "rebuild": cmd_rebuild,
     "query": cmd_query,
     "schema": cmd_schema,
     "emulator": cmd_emulator,

@@ -21,7 +21,7 @@ from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
-from runner.engine import follow, reconcile, submit
+from runner.engine import follow, integrity, reconcile, submit
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import check_data
 from runner.errors import BackendError, GbatchError, ManifestError
@@ -168,6 +168,7 @@ class Daemon:
         unchanged (a job of theirs just came back with failed lines that may need a retry).
         """
         loaded, errors = load_paths([self.options.root])
+        loaded = integrity.cycle(self.rt, loaded, errors)  # gbatch#13: names, owner, rebuild
         seen_files = {item.path for item in loaded} | {
             e.location.path for e in errors if e.location is not None
         }
