@@ -15,7 +15,6 @@ import duckdb
 import pytest
 
 from runner.emulator import Emulator, Fault
-from runner.engine import integrity
 from tests.conftest import Gbatch
 from tests.e2e.test_apply import PRODUCT_MANIFEST, PRODUCTS
 
@@ -304,7 +303,7 @@ def test_a_new_state_submits_nothing_while_it_cannot_check_who_writes_the_file(
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         other_state(gbatch, monkeypatch)
-        monkeypatch.setattr(integrity, "VERIFY_WAIT_S", 0.2)
+        monkeypatch.setattr("runner.engine.integrity.VERIFY_WAIT_S", 0.2)
         held = gbatch("apply", "manifests", "--wait")
         assert held.code == 4 and "cannot be checked" in held.err, held.err
         assert emulator.count("batches.create") == 1
