@@ -423,3 +423,47 @@ def reused_lines(*, job_requests: Path, answers: list[Path], out: Path) -> None:
         fmt="json",
     )
     con.close()
+
+
+# The error a rebuilt failed line carries: its own was in the result file, which was not kept.
+NOT_KEPT = "rebuilt from the ledger: this line failed; its original error was not kept"
+
+
+def lines_from_ledger(*, outcome: Path, answers: list[Path], out: Path) -> int:
+    """Result lines for a job whose own lines were not kept (gbatch#13), from the ledger's
+    outcome per key and the answer store's response per request hash; the lines written.
+
+    An answered key gets its stored response (text, tokens and cost come back with it); a
+    failed key gets a generic error; a key that had no line (``reason`` set) gets none, as at
+    ingest. Read by the integrity checks when neither the results file nor kept rows have
+    the job.
+    """
+    con = shared_memory()
+    stored = [p for p in answers if p.exists()]
+    store = (
+        "select request_hash, any_value(response) response from read_parquet("
+        f"{path_list(stored)}) group by request_hash"
+        if stored
+        else "select ''::varchar request_hash, ''::varchar response where false"
+    )
+    error = json.dumps({"code": 0, "message": NOT_KEPT})
+    _atomic_copy(
+        con,
+        f"""
+            select o.key,
+                case when o.status = 'succeeded' then a.response::json end as response,
+                case when o.status = 'succeeded' and a.response is not null then null
+                     else {literal(error)}::json end as error
+            from read_parquet({literal(str(outcome))}) o
+            left join ({store}) a using (request_hash)
+            where o.reason is null
+            order by o.key
+        """,
+        out,
+        fmt="json",
+    )
+    row = con.execute(
+        f"select count(*) from read_parquet({literal(str(outcome))}) where reason is null"
+    ).fetchone()
+    con.close()
+    return int(row[0]) if row else 0

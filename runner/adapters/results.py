@@ -5,12 +5,19 @@ Per manifest table ``t``: ``t_history`` keeps every line ever ingested (idempote
 Lines are parsed by DuckDB's JSON reader; a job is ingested in one transaction. The file is
 opened only for the length of one write, so read-only readers come and go between writes;
 if another process holds it, StoreBusyError says so and the engine retries later.
-Called by the engine (ingest, show_current) and the CLI (run_query).
+
+The file is a projection of the state (gbatch#13): ``gbatch_owner`` records the one state
+that writes it, ``gbatch_views`` the request set each view shows; ``inspect`` reads what is
+there without a full scan, ``restore`` writes kept rows back, ``move_aside`` sets a file
+DuckDB cannot open aside. No table is dropped before its rows are verified elsewhere.
+Called by the engine (ingest, show_current; integrity for the rest) and the CLI (run_query).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +34,9 @@ from runner.adapters.duck import (
     open_file,
     single_select,
 )
-from runner.core import schema_types
+from runner.core import schema_types, tables
 from runner.core.pricing import Price
-from runner.errors import GbatchError, StoreError
+from runner.errors import GbatchError, LockedError, StoreBusyError, StoreError
 
 OK_FINISH = ("STOP", "MAX_TOKENS")
 # The parts of a response the typed columns come from, parsed once per line.
@@ -247,22 +254,32 @@ def _ensure_table(con: Connection, table: str, like: str, *, zstd: tuple[str, ..
 def _retire_if_changed(con: Connection, table: str, like: str, stamp: str) -> None:
     """Move ``table``'s tables aside as ``<name>_until_<stamp>`` when a column of ``like``
     changed type; the current rows are kept as a table of their own."""
-    history, sources = f"{table}_history", f"{table}_sources"
+    history, sources = tables.history(table), tables.sources(table)
     if _kind(con, history) is None:
         return
     have = _types(con, ident(history))
     if all(have.get(name, kind) == kind for name, kind in _types(con, like).items()):
         return
-    until = f"_until_{stamp}"
     if _kind(con, table) == "VIEW":
-        con.execute(f"create table {ident(table + until)} as select * from {ident(table)}")
+        con.execute(
+            f"create table {ident(tables.retired(table, stamp))} as select * from {ident(table)}"
+        )
         con.execute(f"drop view {ident(table)}")
         con.execute(f"drop table {_pointer(table)}")
     elif _kind(con, table) is not None:
-        con.execute(f"alter table {ident(table)} rename to {ident(table + until)}")
+        _move_aside(con, table, stamp)
     for name in (history, sources):
         if _kind(con, name) is not None:
-            con.execute(f"alter table {ident(name)} rename to {ident(name + until)}")
+            _move_aside(con, name, stamp)
+
+
+def _move_aside(con: Connection, name: str, stamp: str) -> None:
+    what = "view" if _kind(con, name) == "VIEW" else "table"
+    con.execute(f"alter {what} {ident(name)} rename to {ident(tables.retired(name, stamp))}")
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S")
 
 
 def _pointer(table: str) -> str:
@@ -272,19 +289,34 @@ def _pointer(table: str) -> str:
     database's own name (``gbatch.duckdb`` is the catalog ``gbatch``), and the view must
     still resolve when a reader attaches the file under another name.
     """
-    return ident(table + "_current_keys")
+    return ident(tables.pointer(table))
 
 
 def _ensure_pointer(con: Connection, table: str) -> None:
     """The pointer table exists; a current table from before pointers becomes one.
 
-    Every row such a table held is also in history (both were written in one transaction),
-    so only its (key, job) pairs are kept.
+    Such a table's rows were written to history in the same transaction, so only its
+    (key, job) pairs need keeping, and it is dropped, but only once every one of its rows is
+    verified to be in history: a table that is not what it seems (another manifest's table
+    under this name, a user's own) is moved aside as ``<name>_until_<stamp>`` instead.
     """
+    pointer = tables.pointer(table)
+    if _kind(con, pointer) is not None and _columns(con, ident(pointer)) != ["key", "job"]:
+        _move_aside(con, pointer, _stamp())  # not a pointer table: never replace it
     con.execute(f"create table if not exists {_pointer(table)} (key varchar, job varchar)")
-    if _kind(con, table) == "BASE TABLE":
-        con.execute(f"insert into {_pointer(table)} select key, job from {ident(table)}")
-        con.execute(f"drop table {ident(table)}")
+    if _kind(con, table) != "BASE TABLE":
+        return
+    history = tables.history(table)
+    columns = set(_columns(con, ident(table)))
+    if {"key", "job"} <= columns and _kind(con, history) == "BASE TABLE":
+        unmatched = con.execute(
+            f"select count(*) from {ident(table)} t anti join {ident(history)} h using (key, job)"
+        ).fetchone()
+        if unmatched is not None and unmatched[0] == 0:
+            con.execute(f"insert into {_pointer(table)} select key, job from {ident(table)}")
+            con.execute(f"drop table {ident(table)}")
+            return
+    _move_aside(con, table, _stamp())
 
 
 def _show_pointed(con: Connection, table: str) -> None:
@@ -292,8 +324,104 @@ def _show_pointed(con: Connection, table: str) -> None:
     change, so it always carries history's columns and their types)."""
     con.execute(
         f"create or replace view {ident(table)} as select h.* from "
-        f"{ident(table + '_history')} h semi join {_pointer(table)} p using (key, job)"
+        f"{ident(tables.history(table))} h semi join {_pointer(table)} p using (key, job)"
     )
+
+
+def _repoint(con: Connection, table: str, current: Path | None) -> None:
+    """Point ``table`` at the newest answer of each (key, hash) of ``current`` (the
+    manifest's current request set; without one, of every key), and record which set."""
+    _ensure_pointer(con, table)
+    chosen = (
+        f"semi join read_parquet({literal(str(current))}) c using (key, request_hash)"
+        if current is not None
+        else "where request_hash is not null"
+    )
+    con.execute(
+        f"""
+        create or replace table {_pointer(table)} as
+        select key, job from (
+            select key, job, row_number() over (partition by key order by ingested_at desc,
+                status = 'succeeded' desc) newest
+            from {ident(tables.history(table))} h {chosen}
+        ) where newest = 1
+        """
+    )
+    _show_pointed(con, table)
+    _record_view(con, table, current)
+
+
+# Which request set each current view was last pointed at (by file name: a set's name is its
+# digest), so a view left on an older set (the file was busy when the set changed) is seen.
+VIEWS = "gbatch_views"
+
+
+def _record_view(con: Connection, table: str, current: Path | None) -> None:
+    con.execute(f"create table if not exists {VIEWS} (table_name varchar, request_set varchar)")
+    con.execute(f"delete from {VIEWS} where table_name = ?", [table])
+    con.execute(f"insert into {VIEWS} values (?, ?)", [table, current.name if current else None])
+
+
+def _shown(con: Connection, table: str) -> str | None:
+    if _kind(con, VIEWS) is None:
+        return None
+    row = con.execute(f"select request_set from {VIEWS} where table_name = ?", [table]).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+# The state that writes this file (gbatch#13): one results file, one owner.
+OWNER = "gbatch_owner"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A state's identity as the results file records it; ``state_dir`` is for messages."""
+
+    id: str
+    state_dir: str
+
+
+def _claim(con: Connection, results_db: Path, owner: Owner | None, *, take: bool = False) -> None:
+    """Record ``owner`` as the file's writer when none is; LockedError when another is
+    (``take``: replace it, the explicit act for a state that is gone for good)."""
+    if owner is None:
+        return
+    con.execute(
+        f"create table if not exists {OWNER} (state_id varchar, state_dir varchar, "
+        "claimed_at timestamp)"
+    )
+    found = con.execute(f"select state_id, state_dir from {OWNER} limit 1").fetchone()
+    if found is not None and found[0] == owner.id:
+        return
+    if found is not None and not take:
+        raise LockedError(not_owner(results_db, owner, Owner(str(found[0]), str(found[1]))))
+    con.execute(f"delete from {OWNER}")
+    con.execute(f"insert into {OWNER} values (?, ?, now()::timestamp)", [owner.id, owner.state_dir])
+
+
+def not_owner(results_db: Path, owner: Owner, holder: Owner) -> str:
+    return (
+        f"{results_db} is written by the gbatch state in {holder.state_dir} "
+        f"(id {holder.id[:8]}), not by this one ({owner.state_dir}): two states writing one "
+        "results file would each submit the same requests and pay twice. Give this state its "
+        "own results file (GBATCH_DB=...), or use that state (GBATCH_STATE_DIR="
+        f"{holder.state_dir}); if that state is gone for good, `gbatch rebuild --claim` makes "
+        "this one the writer"
+    )
+
+
+def claim(results_db: Path, owner: Owner, *, take: bool = False, wait_s: float = 0.0) -> None:
+    """Make ``owner`` the writer of the results file (creating it); LockedError if another
+    state is (unless ``take``)."""
+    con = open_file(results_db, read_only=False, wait_s=wait_s)
+    try:
+        con.execute("begin transaction")
+        _claim(con, results_db, owner, take=take)
+        con.execute("commit")
+    except Error as exc:
+        raise StoreError(f"claiming {results_db}: {exc}") from exc
+    finally:
+        con.close()
 
 
 def ingest(
@@ -311,6 +439,9 @@ def ingest(
     commit: str | None,
     paid: bool = True,
     on_schema_change: str = "add_columns",
+    keep: Path | None = None,
+    owner: Owner | None = None,
+    ingested_at: str | None = None,
 ) -> IngestSummary:
     """One job's result lines into ``table``'s history, and its current rows, atomically.
 
@@ -318,6 +449,10 @@ def ingest(
     table names, so making a row current writes only its (key, job).
     ``on_schema_change``: ``add_columns`` widens a column whose type changed to text;
     ``new_table`` renames the old tables to ``<name>_until_<time>`` and starts new ones.
+    ``keep``: write the job's history rows there too (Parquet), so the table can be rebuilt
+    from the state alone (``restore``). ``owner``: refuse a file another state writes.
+    ``ingested_at``: the time to record (a rebuild keeps the original order), else now.
+    A view left on an older request set than ``current`` is re-pointed in the same step.
     """
     con = open_file(results_db, read_only=False)
     try:
@@ -333,11 +468,18 @@ def ingest(
             manifest_version=manifest_version,
             commit=commit,
         )
-        history = f"{table}_history"
+        if ingested_at is not None:
+            con.execute("alter view parsed rename to parsed_now")
+            con.execute(
+                "create temp view parsed as select * replace "
+                f"({literal(ingested_at)}::timestamptz::timestamp as ingested_at) from parsed_now"
+            )
+        history = tables.history(table)
         this_job = f"(select * from {ident(history)} where job = {literal(job)})"
         con.execute("begin transaction")
+        _claim(con, results_db, owner)
         if on_schema_change == "new_table":
-            _retire_if_changed(con, table, "parsed", datetime.now(UTC).strftime("%Y%m%d%H%M%S"))
+            _retire_if_changed(con, table, "parsed", _stamp())
         _ensure_table(con, history, "parsed", zstd=ZSTD_COLUMNS)
         _ensure_pointer(con, table)
         _insert_history(con, history, job)
@@ -349,10 +491,15 @@ def ingest(
         con.execute(f"create temp table fresh as select p.key from {this_job} p {current_filter}")
         con.execute(f"delete from {_pointer(table)} where key in (select key from fresh)")
         con.execute(f"insert into {_pointer(table)} select key, {literal(job)} from fresh")
-        _show_pointed(con, table)
-        _write_sources(con, f"{table}_sources", job, this_job)
+        if current is not None and _shown(con, table) != current.name:
+            _repoint(con, table, current)  # the view missed a version change: catch it up
+        else:
+            _show_pointed(con, table)
+        _write_sources(con, tables.sources(table), job, this_job)
         crashpoints.reached("ingest_mid_transaction")
         con.execute("commit")
+        if keep is not None:
+            _copy_out(con, f"select * from {this_job}", keep)
         row = con.execute(
             "select count(*), count(*) filter (status = 'succeeded'), "
             "count(*) filter (status = 'failed'), count(*) filter (request_hash is null), "
@@ -406,7 +553,7 @@ def _write_sources(con: Connection, table: str, job: str, this_job: str) -> None
     """Grounding sources: one row per (key, supported segment, chunk), or per chunk."""
     con.execute(
         f"""
-        create temp table grounding as
+        create or replace temp table grounding as
         with g as (
             select key, from_json(json_extract(response, '$.candidates[0].groundingMetadata'),
                                   '{GROUNDING}') m
@@ -436,34 +583,234 @@ def _write_sources(con: Connection, table: str, job: str, this_job: str) -> None
         con.execute(f"insert into {ident(table)} by name select * from grounding")
 
 
-def show_current(*, results_db: Path, table: str, current: Path) -> None:
+def show_current(
+    *, results_db: Path, table: str, current: Path, owner: Owner | None = None
+) -> None:
     """Point ``table`` at the newest answer of each (key, hash) of the current version."""
     if not results_db.exists():
         return
     con = open_file(results_db, read_only=False)
     try:
-        history = f"{table}_history"
-        if _kind(con, history) is None:
+        if _kind(con, tables.history(table)) is None:
             return
         con.execute("begin transaction")
-        _ensure_pointer(con, table)
-        con.execute(
-            f"""
-            create or replace table {_pointer(table)} as
-            select key, job from (
-                select key, job, row_number() over (partition by key order by ingested_at desc,
-                    status = 'succeeded' desc) newest
-                from {ident(history)} h
-                semi join read_parquet({literal(str(current))}) c using (key, request_hash)
-            ) where newest = 1
-            """
-        )
-        _show_pointed(con, table)
+        _claim(con, results_db, owner)
+        _repoint(con, table, current)
         con.execute("commit")
     except Error as exc:
         raise StoreError(f"refreshing {table} in {results_db}: {exc}") from exc
     finally:
         con.close()
+
+
+def _copy_out(con: Connection, select: str, out: Path) -> None:
+    """``select``'s rows to a Parquet file, whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    # zstd level 1: as small as the default level within a few percent, at 2x its speed
+    options = "format parquet, compression zstd, compression_level 1"
+    con.execute(f"copy ({select}) to {literal(str(partial))} ({options})")
+    os.replace(partial, out)
+
+
+# -- the results file as a projection of the state (gbatch#13) -------------------------------
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What one manifest table looks like in the results file (no full scan to learn it)."""
+
+    rows: dict[str, int]  # history rows per job, tables moved aside included
+    moved_aside: frozenset[str]  # jobs whose rows are in a moved-aside history table
+    view: bool  # the table is the current view, and its pointer table exists
+    shown: str | None  # the request set (file name) the view was last pointed at
+
+
+@dataclass(frozen=True)
+class Inspection:
+    exists: bool
+    owner: Owner | None
+    tables: dict[str, TableState]
+
+
+class CorruptResultsError(StoreError):
+    """DuckDB cannot open the results file (not a database, truncated, bad checksum)."""
+
+
+# How DuckDB words damage it meets after the file opened (a block it cannot read back).
+CORRUPT_SIGNS = ("corrupt", "checksum", "could not read enough bytes")
+
+
+def inspect(results_db: Path, names: Sequence[str], *, wait_s: float = 0.0) -> Inspection:
+    """The owner and the state of these tables, read-only (readers are not disturbed).
+
+    StoreBusyError when a writer holds the file (after ``wait_s``); CorruptResultsError when
+    DuckDB cannot read it; a missing file is an empty inspection.
+    """
+    if not results_db.exists():
+        return Inspection(exists=False, owner=None, tables={})
+    if not os.access(results_db, os.R_OK):
+        raise StoreError(f"{results_db}: not readable")
+    try:
+        con = open_file(results_db, read_only=True, wait_s=wait_s)
+    except StoreBusyError:
+        raise
+    except StoreError as exc:
+        raise CorruptResultsError(str(exc.__cause__ or exc).strip().splitlines()[0]) from exc
+    try:
+        return _inspect(con, names)
+    except Error as exc:
+        reason = str(exc).strip().splitlines()[0]
+        if any(sign in reason.lower() for sign in CORRUPT_SIGNS):
+            raise CorruptResultsError(reason) from exc
+        raise StoreError(f"inspecting {results_db}: {reason}") from exc
+    finally:
+        con.close()
+
+
+def _inspect(con: Connection, names: Sequence[str]) -> Inspection:
+    kinds = dict(
+        con.execute(
+            "select table_name, table_type from information_schema.tables "
+            "where table_schema = 'main' and table_catalog = current_database()"
+        ).fetchall()
+    )
+    owner = None
+    if OWNER in kinds:
+        found = con.execute(f"select state_id, state_dir from {OWNER} limit 1").fetchone()
+        owner = Owner(str(found[0]), str(found[1])) if found else None
+    shown: dict[str, str | None] = {}
+    if VIEWS in kinds:
+        shown = {str(t): s for t, s in con.execute(f"select * from {VIEWS}").fetchall()}
+    parts = []
+    for name in names:
+        history = tables.history(name)
+        for physical in kinds:
+            if physical == history or physical.startswith(tables.retired(history, "")):
+                parts.append(
+                    f"select {literal(name)} t, {literal(physical)} p, job, count(*) n "
+                    f"from {ident(physical)} group by job"
+                )
+    counts: dict[str, dict[str, int]] = {name: {} for name in names}
+    aside: dict[str, set[str]] = {name: set() for name in names}
+    if parts:
+        for name, physical, job, n in con.execute(" union all ".join(parts)).fetchall():
+            counts[name][str(job)] = counts[name].get(str(job), 0) + int(n)
+            if physical != tables.history(name):
+                aside[name].add(str(job))
+    return Inspection(
+        exists=True,
+        owner=owner,
+        tables={
+            name: TableState(
+                rows=counts[name],
+                moved_aside=frozenset(aside[name]),
+                view=kinds.get(name) == "VIEW" and tables.pointer(name) in kinds,
+                shown=shown.get(name),
+            )
+            for name in names
+            if tables.history(name) in kinds or counts[name]
+        },
+    )
+
+
+def move_aside(results_db: Path) -> Path:
+    """Rename a results file DuckDB cannot open (and its WAL) to ``<name>.corrupt-<UTC time>``:
+    never deleted, so whatever it still holds can be looked at."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = results_db.with_name(f"{results_db.name}.corrupt-{stamp}")
+    wal = results_db.with_name(results_db.name + ".wal")
+    os.replace(results_db, aside)
+    if wal.exists():
+        os.replace(wal, aside.with_name(aside.name + ".wal"))
+    return aside
+
+
+def keep_rows(results_db: Path, table: str, jobs: Sequence[tuple[str, Path]]) -> dict[str, int]:
+    """Copy each job's history rows (label, destination) out of the results file; rows
+    written per job. A job whose rows are in a moved-aside history table is copied from it."""
+    con = open_file(results_db, read_only=True)
+    try:
+        history = tables.history(table)
+        physical = [
+            str(r[0])
+            for r in con.execute(
+                "select table_name from information_schema.tables where table_schema = 'main' "
+                "and table_catalog = current_database() and (table_name = ? or "
+                "starts_with(table_name, ?)) order by table_name = ? desc, table_name",
+                [history, tables.retired(history, ""), history],
+            ).fetchall()
+        ]
+        where: dict[str, str] = {}
+        for name in physical:  # one table per job: their columns' types may differ
+            for (job,) in con.execute(f"select distinct job from {ident(name)}").fetchall():
+                where.setdefault(str(job), name)
+        written = {}
+        for label, out in jobs:
+            if label not in where:
+                continue
+            _copy_out(con, f"select * from {ident(where[label])} where job = {literal(label)}", out)
+            found = con.execute(
+                f"select count(*) from read_parquet({literal(str(out))})"
+            ).fetchone()
+            written[label] = int(found[0]) if found else 0
+        return written
+    except Error as exc:
+        raise StoreError(f"keeping the rows of {table} from {results_db}: {exc}") from exc
+    finally:
+        con.close()
+
+
+def kept_count(path: Path) -> int:
+    """Rows in a kept-rows file (from its footer: no data is read)."""
+    con = memory()
+    try:
+        row = con.execute(
+            f"select coalesce(sum(num_rows), 0) from parquet_file_metadata({literal(str(path))})"
+        ).fetchone()
+    except Error as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+    finally:
+        con.close()
+    return int(row[0]) if row else 0
+
+
+def restore(
+    *,
+    results_db: Path,
+    table: str,
+    kept: Sequence[tuple[str, Path]],
+    current: Path | None,
+    owner: Owner | None,
+) -> int:
+    """Write kept jobs' rows (label, file; in ingest order) back into ``table``'s history,
+    with their sources, then re-point the current view; one transaction. A job's earlier
+    rows in history are replaced, so a restore can be repeated. Returns the rows written."""
+    con = open_file(results_db, read_only=False)
+    history, written = tables.history(table), 0
+    try:
+        con.execute("begin transaction")
+        _claim(con, results_db, owner)
+        for label, path in kept:
+            con.execute(
+                f"create or replace temp view kept as select * from read_parquet("
+                f"{literal(str(path))})"
+            )
+            _ensure_table(con, history, "kept", zstd=ZSTD_COLUMNS)
+            con.execute(f"delete from {ident(history)} where job = ?", [label])
+            con.execute(f"insert into {ident(history)} by name select * from kept")
+            this_job = f"(select * from {ident(history)} where job = {literal(label)})"
+            _write_sources(con, tables.sources(table), label, this_job)
+            found = con.execute("select count(*) from kept").fetchone()
+            written += int(found[0]) if found else 0
+        if _kind(con, history) is not None:
+            _repoint(con, table, current if current is not None and current.exists() else None)
+        con.execute("commit")
+    except Error as exc:
+        raise StoreError(f"rebuilding {table} in {results_db}: {exc}") from exc
+    finally:
+        con.close()
+    return written
 
 
 def run_query(
@@ -477,7 +824,12 @@ def run_query(
     problem = single_select(sql)
     if problem:
         raise QueryError(problem)
-    con = open_file(results_db, read_only=True, wait_s=10) if results_db.exists() else memory()
+    if not results_db.exists():  # a typo'd GBATCH_DB must not look like an empty database
+        raise StoreError(
+            f"no results database at {results_db} (GBATCH_DB): check the path; gbatch creates "
+            "it on the first apply"
+        )
+    con = open_file(results_db, read_only=True, wait_s=10)
     try:
         for name, (columns, rows) in (extra_tables or {}).items():
             con.execute(_temp_table_sql(name, columns, rows))

@@ -150,6 +150,34 @@ migration(
     """,
 )
 
+# The state's identity (the results file records which state writes it), the
+# table each manifest owns (seeded from the applied manifests, the earliest first), and
+# where each ingested job's history rows are kept for a rebuild.
+migration(
+    "results-integrity",
+    """
+    create table identity (id text not null, created_at text not null, results_db text);
+    insert into identity (id, created_at)
+        select lower(hex(randomblob(16))), strftime('%Y-%m-%dT%H:%M:%fZ');
+    create table table_owners (
+        table_name text primary key,
+        manifest text not null,
+        path text not null,
+        since text not null
+    );
+    insert or ignore into table_owners
+        select table_name, name, path, updated_at from manifests order by updated_at;
+    create table kept_rows (
+        job integer primary key,
+        table_name text not null,
+        label text not null,
+        rows integer not null,
+        kind text not null,
+        at text not null
+    );
+    """,
+)
+
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
 JOB_KINDS = ("batch", "reuse")
 
@@ -243,9 +271,71 @@ class CacheRow:
     deleted_at: str | None
 
 
+@dataclass(frozen=True)
+class TableOwner:
+    """The manifest (identity: its name) that may write ``table_name`` and its derived names."""
+
+    table_name: str
+    manifest: str
+    path: str
+    since: str
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    """Where one ingested job's history rows are kept outside the results file.
+
+    ``kind``: ``lines`` (the rows exactly as ingested), ``ledger`` (rebuilt from the ledger and
+    the answer store: failed lines' error details were not kept), ``lost`` (nothing to rebuild
+    from; counted so it is reported once, not retried every cycle).
+    """
+
+    job: int
+    table_name: str
+    label: str
+    rows: int
+    kind: str
+    at: str
+
+
 _CACHE_COLUMNS = ", ".join(f.name for f in fields(CacheRow))
 _JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
 _MANIFEST_COLUMNS = ", ".join(f.name for f in fields(ManifestRow))
+_KEPT_COLUMNS = ", ".join(f.name for f in fields(KeptRows))
+_OWNER_COLUMNS = ", ".join(f.name for f in fields(TableOwner))
+
+
+def _owners(db: sqlite3.Connection) -> list[TableOwner]:
+    """The recorded owners; a manifest's table with no owner row counts as its own."""
+    tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+    owners: list[TableOwner] = []
+    if "table_owners" in tables:
+        rows = db.execute(f"select {_OWNER_COLUMNS} from table_owners order by since")
+        owners = [TableOwner(*row) for row in rows]
+    taken = {o.table_name for o in owners}
+    for name, path, table, since in db.execute(
+        "select name, path, table_name, updated_at from manifests order by updated_at"
+    ):
+        if table not in taken:
+            owners.append(TableOwner(table, name, path, since))
+            taken.add(table)
+    return owners
+
+
+def read_table_owners(path: Path) -> list[TableOwner]:
+    """The table owners of the state at ``path``, read without creating or migrating it
+    (``validate`` must leave the state as it found it); none when there is no state yet."""
+    StateStore.check_not_lost(path)  # an emptied state that did work is refused, not read
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+        try:
+            return _owners(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"state database {path}: {exc}") from exc
 
 
 class StateStore:
@@ -261,7 +351,7 @@ class StateStore:
         self.path = path
         self.clock = clock or SystemClock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._check_not_lost(path)
+        self.check_not_lost(path)
         try:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self._db.execute("pragma journal_mode=wal")
@@ -281,7 +371,7 @@ class StateStore:
         self._db.close()
 
     @staticmethod
-    def _check_not_lost(path: Path) -> None:
+    def check_not_lost(path: Path) -> None:
         """Refuse an emptied database in a state directory that has done work before."""
         empty = not path.exists() or path.stat().st_size == 0
         worked = any(
@@ -518,6 +608,67 @@ class StateStore:
             db.execute(
                 "insert into events (at, manifest, job, kind, message) values (?, ?, ?, ?, ?)",
                 (self.now(), manifest, job, kind, message),
+            )
+
+    def events_of(self, kinds: tuple[str, ...], *, limit: int = 5) -> list[tuple[str, str]]:
+        """The newest events of these kinds as (at, message), newest first."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._db.execute(
+            f"select at, message from events where kind in ({marks}) order by id desc limit ?",
+            (*kinds, limit),
+        )
+        return [(str(at), str(message)) for at, message in rows]
+
+    # -- identity, table owners, kept rows (gbatch#13) ---------------------------------------
+    def identity(self) -> str:
+        """This state's id: the results file records it, so a second state cannot write it."""
+        row = self._db.execute("select id from identity").fetchone()
+        assert row is not None  # inserted by the migration
+        return str(row[0])
+
+    def verified_results(self) -> str | None:
+        """The results file this state last verified it writes (resolved path), if any."""
+        row = self._db.execute("select results_db from identity").fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def set_verified_results(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("update identity set results_db = ?", (path,))
+
+    def table_owners(self) -> list[TableOwner]:
+        return _owners(self._db)
+
+    def record_owners(self, owners: list[tuple[str, str, str]]) -> None:
+        """(table, manifest, path): a table not owned yet becomes the manifest's; an owner's
+        path is kept current. Never takes a table from another manifest (see ``move_table``)."""
+        with self.transaction() as db:
+            db.executemany(
+                "insert into table_owners values (?, ?, ?, ?) on conflict(table_name) do update "
+                "set path = excluded.path where table_owners.manifest = excluded.manifest",
+                [(table, manifest, path, self.now()) for table, manifest, path in owners],
+            )
+
+    def move_table(self, table: str, manifest: str) -> TableOwner | None:
+        """Give ``table`` to ``manifest`` (the explicit act); the previous owner, if any."""
+        before = {o.table_name: o for o in self.table_owners()}.get(table)
+        row = self.manifest(manifest)
+        with self.transaction() as db:
+            db.execute(
+                "insert into table_owners values (?, ?, ?, ?) on conflict(table_name) do update "
+                "set manifest = excluded.manifest, path = excluded.path, since = excluded.since",
+                (table, manifest, row.path if row else "", self.now()),
+            )
+        return before
+
+    def kept_rows(self) -> dict[int, KeptRows]:
+        rows = self._db.execute(f"select {_KEPT_COLUMNS} from kept_rows order by job")
+        return {int(row[0]): KeptRows(*row) for row in rows}
+
+    def record_kept(self, *, job: int, table: str, label: str, rows: int, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                f"insert or replace into kept_rows ({_KEPT_COLUMNS}) values (?, ?, ?, ?, ?, ?)",
+                (job, table, label, rows, kind, self.now()),
             )
 
     def summary(self) -> dict[str, list[tuple[Any, ...]]]:

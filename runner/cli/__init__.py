@@ -102,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p = sub.add_parser("status", help="manifests, jobs, states, counts, cost, last error")
     p.add_argument("--jobs", action="store_true", help="list every job too")
+    p = sub.add_parser(
+        "rebuild",
+        help="rewrite result tables from the state (no request sent); move a table; claim",
+    )
+    p.add_argument("--table", help="only this table (default: every table the state knows)")
+    p.add_argument(
+        "--move-to",
+        metavar="MANIFEST",
+        help="give --table to this manifest first (the explicit act of moving a table)",
+    )
+    p.add_argument(
+        "--claim",
+        action="store_true",
+        help="make this state the results file's writer (its previous state is gone for good)",
+    )
     p = sub.add_parser("query", help="run read-only SQL over the results")
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")

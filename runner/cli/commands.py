@@ -29,7 +29,7 @@ from runner.core.loader import LoadedManifest
 from runner.core.manifest import json_schema
 from runner.core.paths import confine
 from runner.core.pricing import load_prices
-from runner.engine import cycle, lifecycle, reconcile
+from runner.engine import cycle, integrity, lifecycle, reconcile
 from runner.engine.daemon import Daemon, DaemonOptions
 from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
@@ -88,6 +88,7 @@ def _private(settings: Settings) -> tuple[Path, ...]:
 
 def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
     loaded, errors = validate(paths, forbidden=_private(settings))
+    loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     if errors:
         raise ManifestErrors(errors)
     return loaded
@@ -95,6 +96,7 @@ def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     loaded, errors = validate(args.paths, forbidden=_private(settings))
+    loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     for error in sorted(errors, key=str):
         print(error, file=sys.stderr)
     for item in loaded:
@@ -123,6 +125,7 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     loaded = _validated(args.paths, settings)
     by_name = {item.manifest.name: item for item in loaded}
     with ProcessLock(settings.state_dir), runtime(settings) as rt:
+        integrity.ensure(rt, loaded)  # the owner, the table names; rebuild what is missing
         progress = Progress(started=rt.clock.monotonic(), clock=rt.clock)
         for round_number in range(MAX_WAIT_ROUNDS):
             ingested_before = _ingested(rt)
@@ -299,6 +302,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if manifests:
         print(render.status(manifests, jobs))
+        print("\n".join(_results_status(settings)))  # is every answer in the results file?
     if invalid:
         print("\ninvalid manifest files (the last good version of each keeps running):")
         for path, error, since in invalid:
@@ -307,6 +311,35 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs:
         print()
         print(render.jobs_table(jobs))
+    return EXIT_OK
+
+
+def _results_status(settings: Settings) -> list[str]:
+    state = StateStore(settings.state_db)
+    try:
+        return integrity.status_lines(
+            integrity.Offline(
+                settings=settings, state=state, prices=load_prices(settings.prices_file)
+            )
+        )
+    finally:
+        state.close()
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    """Rewrite result tables from the state alone: no API key, no request sent."""
+    with ProcessLock(settings.state_dir):
+        state = StateStore(settings.state_db)
+        try:
+            stores = integrity.Offline(
+                settings=settings, state=state, prices=load_prices(settings.prices_file)
+            )
+            report = integrity.rebuild(
+                stores, table=args.table, move_to=args.move_to, claim=args.claim
+            )
+        finally:
+            state.close()
+    print("\n".join(report.lines()) or "every table is whole; nothing to rebuild")
     return EXIT_OK
 
 
@@ -354,6 +387,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "apply": cmd_apply,
     "watch": cmd_watch,
     "status": cmd_status,
+    "rebuild": cmd_rebuild,
     "query": cmd_query,
     "schema": cmd_schema,
     "emulator": cmd_emulator,

@@ -4,7 +4,8 @@
 body beside the request sets. ``name_for`` (submit) creates the cachedContents resource the
 first time a job needs it, records it at once, and returns its name for the job's JSONL.
 ``maintain`` (every poll) extends a cache that live jobs still need when half its TTL has
-passed, and deletes one that no live job needs. Called by reconcile, submit and follow.
+passed, and deletes one that no live job needs. Called by reconcile, the lifecycle's
+upload step and every cycle.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ from runner.adapters.query_source import QueryStopped
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
-from runner.engine import cycle, lifecycle, reconcile
+from runner.engine import cycle, integrity, lifecycle, reconcile
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import check_data
-from runner.errors import GbatchError, ManifestError
+from runner.errors import GbatchError, LockedError, ManifestError
 
 EXIT_OK, EXIT_DEAD = 0, 1
 
@@ -128,6 +128,8 @@ class Daemon:
                         self._follow()
                         next_poll = clock.monotonic() + self.rt.settings.poll_interval_s
                     self._cycle_error = None
+                except LockedError:
+                    raise  # another gbatch owns the state or the results: this one must stop
                 except Exception as exc:  # the daemon outlives any one bad cycle
                     self._cycle_error = f"{type(exc).__name__}: {exc}"
                     log.exception("cycle failed: %s (trying again)", self._cycle_error)
@@ -190,6 +192,7 @@ class Daemon:
         unchanged (a job of theirs just came back with failed lines that may need a retry).
         """
         loaded, errors = load_paths([self.options.root])
+        loaded = integrity.cycle(self.rt, loaded, errors)  # names, owner; rebuild what is lost
         seen_files = {item.path for item in loaded} | {
             e.location.path for e in errors if e.location is not None
         }

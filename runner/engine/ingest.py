@@ -18,6 +18,7 @@ from runner.adapters import ledger, media, results
 from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
+from runner.engine import integrity
 from runner.engine.lifecycle import result_path
 from runner.engine.reconcile import version_of
 from runner.engine.runtime import Runtime, log
@@ -59,6 +60,8 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestRep
                 manifest=job.manifest,
                 manifest_version=version_of(loaded) if loaded else job.digest[:12],
                 commit=job.commit_sha,
+                keep=integrity.kept_path(rt.settings, table, job.id),
+                owner=integrity.owner_of(rt),
             )
         except StoreBusyError as exc:
             report.busy += 1

@@ -18,7 +18,7 @@ from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
 from runner.core.pricing import Storage
-from runner.engine import caching, lifecycle
+from runner.engine import caching, integrity, lifecycle
 from runner.engine.lifecycle import result_path
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import locate
@@ -355,7 +355,9 @@ def materialize_reuse(rt: Runtime, job: JobRow) -> None:
 def show_current(rt: Runtime, name: str, table: str, desired: Path) -> bool:
     """Make the results table show this version; False when the file is busy (retry later)."""
     try:
-        results.show_current(results_db=rt.results_db, table=table, current=desired)
+        results.show_current(
+            results_db=rt.results_db, table=table, current=desired, owner=integrity.owner_of(rt)
+        )
     except StoreBusyError as exc:
         rt.state.event("busy", str(exc), manifest=name)
         return False
