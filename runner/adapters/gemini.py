@@ -126,14 +126,9 @@ class GeminiBackend:
         return self._read(get, what=f"get {name}")
 
     def delete_file(self, name: str) -> None:
-        def delete() -> None:
-            try:
-                self._client.files.delete(name=name)
-            except genai_errors.APIError as exc:
-                if exc.code != 404:  # already gone is what we wanted
-                    raise
-
-        self._read(delete, what=f"delete {name}")
+        self._read(
+            _gone_is_fine(lambda: self._client.files.delete(name=name)), what=f"delete {name}"
+        )
 
     def _upload(self, path: Path, *, mime_type: str, display_name: str) -> types.File:
         """``files.upload`` in its two steps, so that the final reply's body can be read.
@@ -323,13 +318,7 @@ class GeminiBackend:
         return self._read(extend, what=f"extend {name}")
 
     def delete_cache(self, name: str) -> None:
-        def delete() -> None:
-            try:
-                self._client.caches.delete(name=name)
-            except genai_errors.APIError as exc:
-                if exc.code != 404:  # already gone is what we wanted
-                    raise
-
+        delete = _gone_is_fine(lambda: self._client.caches.delete(name=name))
         self._read(delete, what=f"delete {name}")
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -400,6 +389,19 @@ def _translate(exc: Exception, what: str, *, base_url: str) -> BackendError:
     if failures.classify(code=code, status=status).retryable:
         return TransientBackendError(message, code=code, status=status, delay=delay)
     return PermanentBackendError(message, code=code, status=status)
+
+
+def _gone_is_fine(delete: Callable[[], object]) -> Callable[[], None]:
+    """A delete for which 404 is success: already gone is what was wanted."""
+
+    def call() -> None:
+        try:
+            delete()
+        except genai_errors.APIError as exc:
+            if exc.code != 404:
+                raise
+
+    return call
 
 
 def _words(exc: Exception) -> str:

@@ -301,20 +301,28 @@ def _input_path(rt: Runtime, job: JobRow) -> Path:
 
 def _look_for(rt: Runtime, names: set[str]) -> dict[str, RemoteJob] | None:
     """Remote jobs with these display names, from a bounded listing; None if it failed."""
-    found: dict[str, RemoteJob] = {}
-    if not names:
-        return found
     try:
-        for remote in rt.backend.list_jobs(max_pages=rt.settings.max_list_pages):
-            if remote.display_name in names:
-                found[remote.display_name] = remote
-                if len(found) == len(names):
-                    break
+        return _listed(rt, names, by=lambda remote: remote.display_name)
     except BackendError as exc:
         log.warning("listing jobs to find lost creates: %s", exc)
         if isinstance(exc, TransientBackendError):
             rt.back_off(rt.retry.wait(1, hinted=exc.delay), _backoff_reason(exc))
         return None
+
+
+def _listed(
+    rt: Runtime, wanted: set[str], *, by: Callable[[RemoteJob], str]
+) -> dict[str, RemoteJob]:
+    """The remote jobs whose ``by`` is in ``wanted``, reading list pages (newest first, at
+    most ``settings.max_list_pages``) only until all are seen."""
+    found: dict[str, RemoteJob] = {}
+    if not wanted:
+        return found
+    for remote in rt.backend.list_jobs(max_pages=rt.settings.max_list_pages):
+        if by(remote) in wanted:
+            found[by(remote)] = remote
+            if len(found) == len(wanted):
+                break
     return found
 
 
@@ -348,11 +356,7 @@ def poll(rt: Runtime) -> None:
         return
     seen: dict[str, RemoteJob] = {}
     try:
-        for remote in rt.backend.list_jobs(max_pages=rt.settings.max_list_pages):
-            if remote.name in watching:
-                seen[remote.name] = remote
-                if len(seen) == len(watching):
-                    break
+        seen = _listed(rt, set(watching), by=lambda remote: remote.name)
     except BackendError as exc:
         log.warning("poll: %s", exc)
         rt.state.event("poll_error", str(exc))
