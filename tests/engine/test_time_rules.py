@@ -12,6 +12,7 @@ from runner.core.loader import load_paths
 from runner.engine import cycle
 from runner.engine.runtime import Runtime
 from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
+from tests.engine.conftest import rows
 from tests.fakes import FakeBackend
 
 HOUR = 3600.0
@@ -35,16 +36,6 @@ def manifests(tmp_path: Path, *, rows: int = 4, policy: str = "") -> dict[str, o
 def fake(rt: Runtime) -> FakeBackend:
     assert isinstance(rt.backend, FakeBackend)
     return rt.backend
-
-
-def rows(rt: Runtime, sql: str) -> list[tuple[object, ...]]:
-    import duckdb
-
-    con = duckdb.connect(str(rt.results_db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_an_upload_is_judged_by_its_own_expiry_not_by_later_status_writes(
