@@ -1,6 +1,7 @@
 """The ports: what the engine needs from the outside world, as Protocols.
 
-Adapters implement them (``runner.adapters.gemini.GeminiBackend``); tests may pass fakes.
+Adapters implement them (``runner.adapters.gemini.GeminiBackend``); tests pass fakes
+(``tests/fakes.py``). The backend is split by concern: files, jobs, caches, models.
 """
 
 from __future__ import annotations
@@ -23,13 +24,8 @@ class UploadedFile:
     size: int = 0
 
 
-class Backend(Protocol):
-    """The Gemini Batch API, reduced to the calls gbatch makes."""
-
-    @property
-    def api_errors(self) -> Mapping[str, int]:
-        """Errors seen so far, by HTTP code or status (for metrics)."""
-        ...
+class Files(Protocol):
+    """Uploads the service holds for us (the Files API, or a bucket)."""
 
     def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
         """Upload a request file."""
@@ -46,6 +42,10 @@ class Backend(Protocol):
     def delete_file(self, name: str) -> None:
         """Delete an uploaded file; one already gone is not an error."""
         ...
+
+
+class Jobs(Protocol):
+    """Batch jobs: created once per intent, listed, followed, cancelled, downloaded."""
 
     def create_job(
         self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
@@ -74,7 +74,9 @@ class Backend(Protocol):
         """
         ...
 
-    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...
+
+class Caches(Protocol):
+    """Context caches (explicit caching); a backend without them refuses in ``create_cache``."""
 
     def create_cache(
         self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
@@ -91,3 +93,23 @@ class Backend(Protocol):
         ...
 
     def delete_cache(self, name: str) -> None: ...
+
+
+class Models(Protocol):
+    """What the planner asks of a model before anything is sent."""
+
+    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...
+
+
+class Backend(Files, Jobs, Caches, Models, Protocol):
+    """A batch service, by concern; the engine's modules each use the part they need.
+
+    Implemented by ``runner.adapters.gemini.GeminiBackend``; a new service is one adapter
+    implementing these, which owns its wire format (its input lines, and its result lines
+    normalised to ``{"key", "response" | "error"}``).
+    """
+
+    @property
+    def api_errors(self) -> Mapping[str, int]:
+        """Errors seen so far, by HTTP code or status (for metrics)."""
+        ...
