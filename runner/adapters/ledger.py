@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters.duck import Connection, literal, path_list, shared_memory
-from runner.core import failures
+from runner.core import failures, verdicts
 from runner.core.atomic import replacing
 
 
@@ -140,17 +140,7 @@ def diff(
         ),
         known as (select distinct key from l union select key from ({prev_select}))
         select d.key, d.request_hash, d.request_bytes, length(d.request) request_chars,
-            case
-                when a.key is not null then 'unchanged'
-                when f.key is not null then 'in_flight'
-                when d.request_hash in (select request_hash from a) then 'reused'
-                when d.request_hash in (select request_hash from w) then 'waiting'
-                when x.key is not null and (not x.retryable or x.n > {int(retries)})
-                    then 'exhausted'
-                when x.key is not null then 'retry'
-                when k.key is not null then 'changed'
-                else 'new'
-            end as verdict
+            {_verdict_case(retries)} as verdict
         from read_parquet({literal(str(desired))}) d
         left join answered a using (key, request_hash)
         left join f using (key, request_hash)
@@ -158,7 +148,7 @@ def diff(
         left join known k using (key)
         """
     )
-    submit = "verdict in ('new', 'changed', 'retry')"
+    submit = f"verdict in ({', '.join(literal(v) for v in verdicts.SUBMIT)})"
     if answers is not None:  # one request for rows that would send the same one
         con.execute(
             f"""
@@ -206,6 +196,30 @@ def diff(
         submit_bytes=int(totals[1]),
         submit_chars=int(totals[2]),
     )
+
+
+# Each rule of runner.core.verdicts as SQL over the diff's joins: a (answered), f (in flight),
+# x (failures), k (known keys), and the hash sets a / w (answer store, elsewhere).
+_SQL_RULES = {
+    "unchanged": "a.key is not null",
+    "in_flight": "f.key is not null",
+    "reused": "d.request_hash in (select request_hash from a)",
+    "waiting": "d.request_hash in (select request_hash from w)",
+    "exhausted": "x.key is not null and (not x.retryable or x.n > {retries})",
+    "retry": "x.key is not null",
+    "changed": "k.key is not null",
+    "new": "true",
+}
+
+
+def _verdict_case(retries: int) -> str:
+    """The CASE that judges a row: the core's rules, in the core's order."""
+    assert tuple(_SQL_RULES) == verdicts.ORDER, "the SQL rules must follow runner.core.verdicts"
+    whens = " ".join(
+        f"when {_SQL_RULES[name].format(retries=int(retries))} then {literal(name)}"
+        for name in verdicts.ORDER
+    )
+    return f"case {whens} end"
 
 
 def chunk(
