@@ -178,6 +178,14 @@ migration(
     """,
 )
 
+migration(
+    "cache-storage-cost",
+    """
+    alter table caches add column tokens integer not null default 0;
+    alter table caches add column cost_usd real not null default 0;
+    """,
+)
+
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
 JOB_KINDS = ("batch", "reuse")
 
@@ -269,6 +277,8 @@ class CacheRow:
     expire_time: str
     created_at: str
     deleted_at: str | None
+    tokens: int
+    cost_usd: float
 
 
 @dataclass(frozen=True)
@@ -523,12 +533,30 @@ class StateStore:
         return [JobRow(*row) for row in rows]
 
     # -- context caches ----------------------------------------------------------------------
-    def add_cache(self, *, name: str, manifest: str, digest: str, model: str, expire: str) -> None:
+    def add_cache(
+        self,
+        *,
+        name: str,
+        manifest: str,
+        digest: str,
+        model: str,
+        expire: str,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         with self.transaction() as db:
             db.execute(
-                f"insert or replace into caches ({_CACHE_COLUMNS}) values (?, ?, ?, ?, ?, ?, null)",
-                (name, manifest, digest, model, expire, self.now()),
+                f"insert or replace into caches ({_CACHE_COLUMNS}) "
+                "values (?, ?, ?, ?, ?, ?, null, ?, ?)",
+                (name, manifest, digest, model, expire, self.now(), tokens, cost_usd),
             )
+
+    def cache_cost(self, manifest: str) -> float:
+        """What the manifest's context caches cost in storage so far (deleted ones too)."""
+        row = self._db.execute(
+            "select coalesce(sum(cost_usd), 0) from caches where manifest = ?", (manifest,)
+        ).fetchone()
+        return float(row[0]) if row else 0.0
 
     def update_cache(self, name: str, **values: Any) -> None:
         assignments = ", ".join(f"{c} = ?" for c in values)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.adapters import sources
+from runner.adapters.state import CacheRow
 from runner.core.atomic import replacing
 from runner.core.caching import body_chars, cache_body, cache_digest, min_cache_tokens
 from runner.core.clock import parse_time
@@ -80,7 +81,9 @@ def prepare(
     if rt is not None:
         path = _body_path(rt, manifest.name, digest)
         with replacing(path) as partial:
-            partial.write_text(json.dumps({"model": model, "body": body, "ttl_s": ttl_s}))
+            partial.write_text(
+                json.dumps({"model": model, "body": body, "ttl_s": ttl_s, "tokens": tokens})
+            )
     return PreparedCache(
         digest=digest,
         body=body,
@@ -115,10 +118,20 @@ def name_for(rt: Runtime, manifest: str, digest: str) -> str:
         if found is None:
             raise
         name, expire = found  # the create happened; its reply was lost
+    tokens = int(saved.get("tokens", 0))
+    cost = _storage_usd(rt, saved["model"], tokens, seconds=_seconds_left(rt, expire))
     rt.state.add_cache(
-        name=name, manifest=manifest, digest=digest, model=saved["model"], expire=expire
+        name=name,
+        manifest=manifest,
+        digest=digest,
+        model=saved["model"],
+        expire=expire,
+        tokens=tokens,
+        cost_usd=cost,
     )
-    rt.state.event("cache", f"created {name} (expires {expire})", manifest=manifest)
+    rt.state.event(
+        "cache", f"created {name} (expires {expire}; storage ${cost:.6f})", manifest=manifest
+    )
     log.info("%s: cache %s created", manifest, name)
     return name
 
@@ -131,7 +144,7 @@ def maintain(rt: Runtime) -> None:
     for row in rt.state.caches():
         try:
             if (row.manifest, row.digest) in needed:
-                _extend_if_due(rt, row.name, row.manifest, row.digest, row.expire_time)
+                _extend_if_due(rt, row)
             else:
                 rt.backend.delete_cache(row.name)
                 rt.state.update_cache(row.name, deleted_at=rt.state.now())
@@ -142,9 +155,20 @@ def maintain(rt: Runtime) -> None:
             log.warning("%s: cache %s: %s", row.manifest, row.name, exc)
 
 
-def _extend_if_due(rt: Runtime, name: str, manifest: str, digest: str, expire_time: str) -> None:
-    ttl_s = json.loads(_body_path(rt, manifest, digest).read_text())["ttl_s"]
-    if _seconds_left(rt, expire_time) < ttl_s / 2:
-        expire = rt.backend.extend_cache(name, ttl_s=ttl_s)
-        rt.state.update_cache(name, expire_time=expire)
-        rt.state.event("cache", f"extended {name} to {expire}", manifest=manifest)
+def _extend_if_due(rt: Runtime, row: CacheRow) -> None:
+    """Set the TTL afresh when half of it is gone; the extra hours of storage are spent."""
+    ttl_s = json.loads(_body_path(rt, row.manifest, row.digest).read_text())["ttl_s"]
+    if _seconds_left(rt, row.expire_time) < ttl_s / 2:
+        expire = rt.backend.extend_cache(row.name, ttl_s=ttl_s)
+        extra = (parse_time(expire) - parse_time(row.expire_time)).total_seconds()
+        cost = row.cost_usd + _storage_usd(rt, row.model, row.tokens, seconds=extra)
+        rt.state.update_cache(row.name, expire_time=expire, cost_usd=cost)
+        rt.state.event("cache", f"extended {row.name} to {expire}", manifest=row.manifest)
+
+
+def _storage_usd(rt: Runtime, model: str, tokens: int, *, seconds: float) -> float:
+    """Storage is billed on the cached tokens for the TTL (the caching docs), deleted early
+    or not; unknown when the model has no storage price (then 0 is recorded)."""
+    price = rt.prices.for_model(model)
+    usd = price.storage(tokens=tokens, hours=max(seconds, 0.0) / 3600).usd if price else None
+    return usd or 0.0

@@ -125,6 +125,7 @@ def plan_manifest(
     )
     estimate = _estimate(rt, loaded, diff, desired, to_submit, cache, count_tokens=count_tokens)
     spent = sum(job.cost_usd or 0.0 for job in rt.state.jobs(manifest=name))
+    spent += rt.state.cache_cost(name)  # context cache storage is spend too
     blocked = cache.too_small if cache is not None else None
     cap = manifest.spec.policy.max_cost_usd
     model = manifest.spec.model_id

@@ -195,6 +195,13 @@ def test_a_cache_is_extended_while_its_job_waits_and_deleted_after(
     # extended when less than half is left: at 15-minute looks, every 45 minutes
     assert backend.count("extend_cache") == 6
     assert backend.count("delete_cache") == 0
+    # storage is spend: the cached tokens for every hour the cache was kept, at the rate
+    (row,) = timed.state.caches()
+    kept_h = (parse_time(row.expire_time) - parse_time(row.created_at)).total_seconds() / 3600
+    rate = timed.prices.for_model("gemini-2.5-flash").cache_storage  # type: ignore[union-attr]
+    assert row.tokens > 1000 and rate
+    assert abs(row.cost_usd - row.tokens * kept_h * rate / 1e6) < 1e-9
+    assert timed.state.cache_cost("copy") == row.cost_usd > 0
     backend.release()
     report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
     while report.live:
