@@ -132,7 +132,8 @@ class FakeBackend:
         with dest.open("w") as out:
             for line in lines:
                 entry = json.loads(line)
-                text = entry["request"]["contents"][-1]["parts"][0]["text"]
+                parts = entry["request"]["contents"][-1]["parts"]
+                text = next(p["text"] for p in parts if "text" in p)
                 out.write(json.dumps({"key": entry["key"], "response": _answer(text)}) + "\n")
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:

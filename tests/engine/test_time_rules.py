@@ -226,3 +226,44 @@ def test_a_429_with_retry_info_holds_every_create_until_its_delay_has_passed(
     clock.advance(2)
     cycle.tick(timed, loaded)  # type: ignore[arg-type]
     assert backend.count("create") == 2 and len(backend.jobs) == 1
+
+
+def test_a_media_file_is_uploaded_again_when_less_than_a_queue_day_of_its_life_is_left(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    """While jobs wait, a media upload is reused until it has less than 25 h of its 48 h
+    left; once no job needs it, it is deleted from the Files API."""
+    root = tmp_path / "p"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.png").write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d49484452"))
+    (root / "photos.yaml").write_text(
+        "model: gemini-2.5-flash\nsource: {path: photos.csv, key: id}\n"
+        "prompt: {template: 'Describe {{ id }}', media: [photo]}\n"
+    )
+    backend = fake(timed)
+    backend.hold = True  # the jobs wait in the queue
+
+    def apply_with_rows(count: int) -> dict[str, object]:
+        (root / "photos.csv").write_text(
+            "id,photo\n" + "".join(f"{i},img/a.png\n" for i in range(count))
+        )
+        loaded, errors = load_paths([root])
+        assert not errors
+        by_name = {item.manifest.name: item for item in loaded}
+        cycle.tick(timed, by_name, apply=list(by_name))  # type: ignore[arg-type]
+        return by_name  # type: ignore[return-value]
+
+    apply_with_rows(1)
+    assert backend.count("upload_media") == 1
+    clock.advance(22 * HOUR)  # 26 h of its 48 left: enough for a day in the queue
+    apply_with_rows(2)
+    assert backend.count("upload_media") == 1
+    clock.advance(2 * HOUR)  # 24 h left: not enough
+    loaded = apply_with_rows(3)
+    assert backend.count("upload_media") == 2
+    backend.release()
+    for _ in range(3):
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert {j.phase for j in timed.state.jobs()} == {Phase.INGESTED}
+    assert timed.state.media_files() == []  # no job needs them: deleted
+    assert backend.count("delete_file") >= 2
