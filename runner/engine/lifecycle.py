@@ -172,8 +172,10 @@ def _create(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
         report.adopted += 1
         return True
     except (TransientBackendError, PermanentBackendError) as exc:
-        # a clear refusal: nothing was created
-        if not job.inline and job.input_file and not _input_alive(rt, job.input_file):
+        # a clear refusal: nothing was created. A 4xx may mean the input file is gone (the
+        # service deletes uploads after 48 h); a 429 is about quota, not the file.
+        refused = isinstance(exc, PermanentBackendError)
+        if refused and not job.inline and job.input_file and not _input_alive(rt, job.input_file):
             rt.state.transition(job.id, Phase.PLANNED, input_file=None, input_expires=None)
             rt.state.event(
                 "reupload",
