@@ -190,7 +190,11 @@ def cmd_apply(
             _confirm(shown, above=confirm_above, yes=yes, ask=ask)
         gone = pruning.gone(rt, paths, present=set(by_name)) if not chosen else []
         pruned = _prune(rt, gone, paths, confirm_deletions) if prune else []
-        progress = Progress(clock=rt.clock, started=rt.clock.monotonic())
+        progress = Progress(
+            clock=rt.clock,
+            started=rt.clock.monotonic(),
+            before={j.id for j in rt.state.jobs() if not j.phase.live},
+        )
         for round_number in range(MAX_WAIT_ROUNDS):
             ingested_before = _ingested(rt)
             report = cycle.tick(rt, by_name, apply=list(by_name), scope=set(by_name))

@@ -4,7 +4,7 @@ Each line: requests done of total, failed (apart), rate, ETA and elapsed time (h
 jobs' states and the cost so far. On a terminal the lines are redrawn in place with rich and
 cut to the terminal's width (columns are dropped, least useful first, and the name shortened;
 a line never wraps). Elsewhere a plain line is printed per manifest when its counts change
-(JSON objects with ``--log-format json``). Only jobs live at some point of this wait count,
+(JSON objects with ``--log-format json``). Only jobs not yet over when the apply began count,
 so earlier versions' answers do not inflate the rate. Driven by ``commands._wait``.
 """
 
@@ -109,15 +109,14 @@ def plain_line(row: Row) -> str:
 class Progress:
     clock: Clock
     started: float
+    before: set[int] = field(default_factory=set)  # jobs already over when the apply began
     terminal: bool = field(default_factory=lambda: console.is_terminal(err=True))
-    _tracked: set[int] = field(default_factory=set)
     _baseline: dict[str, int] = field(default_factory=dict)
     _last: dict[str, str] = field(default_factory=dict)
     _live: Live | None = None
 
     def rows(self, jobs: Sequence[JobRow]) -> list[Row]:
-        self._tracked |= {j.id for j in jobs if j.phase.live}
-        mine = [j for j in jobs if j.id in self._tracked]
+        mine = [j for j in jobs if j.id not in self.before]
         elapsed = self.clock.monotonic() - self.started
         rows = []
         for name in sorted({j.manifest for j in mine}):

@@ -61,7 +61,8 @@ def changed_parts(
     when the requests are equal but their hash is not: the model or the cache content)."""
     found: set[str] = set()
     old_gen, new_gen = dict(old.get("generationConfig", {})), dict(new.get("generationConfig", {}))
-    if any(old_gen.pop(f, None) != new_gen.pop(f, None) for f in _SCHEMA_FIELDS):
+    schema_moved = [old_gen.pop(f, None) != new_gen.pop(f, None) for f in _SCHEMA_FIELDS]
+    if any(schema_moved):
         found.add("schema")
     if old_gen != new_gen:
         found.add("generation")
