@@ -47,6 +47,8 @@ def table(t: render.Table, *, err: bool = False) -> None:
     if not is_terminal(err=err):
         say(render.plain(t), err=err)
         return
+    terminal = rich_console(err=err)
+    t = render.fitted(t, terminal.width)
     drawn = RichTable(box=None, header_style="bold", pad_edge=False, expand=False)
     for name in t.columns:
         wide = name in t.wide
@@ -65,7 +67,7 @@ def table(t: render.Table, *, err: bool = False) -> None:
                 style = STATUS_STYLES.get(value, "")
             cells.append(Text(value, style=style or ""))
         drawn.add_row(*cells)
-    rich_console(err=err).print(drawn)
+    terminal.print(drawn)
 
 
 def document(view: BaseModel) -> None:

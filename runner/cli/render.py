@@ -27,6 +27,7 @@ class Table:
     rows: list[list[str]]
     wide: tuple[str, ...] = ()
     styles: tuple[tuple[int, str], ...] = ()  # (column index, rich style) for a terminal
+    optional: tuple[str, ...] = ()  # dropped in this order when a terminal is too narrow
 
 
 def fixed(value: float) -> str:
@@ -41,6 +42,32 @@ def cell(value: Any, max_width: int = 60) -> str:
     text = "" if value is None else fixed(value) if isinstance(value, float) else str(value)
     text = text.replace("\n", " ")
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+
+WIDE_MIN = 16  # a folding column gets at least this many cells on a terminal
+
+
+def fitted(table: Table, width: int) -> Table:
+    """``table`` without its optional columns, in order, until the rest fits ``width``."""
+    columns = list(table.columns)
+
+    def needed() -> int:
+        sizes = []
+        for name in columns:
+            index = table.columns.index(name)
+            natural = max([len(name), *(len(r[index]) for r in table.rows)])
+            sizes.append(min(natural, WIDE_MIN) if name in table.wide else natural)
+        return sum(sizes) + len(sizes) - 1
+
+    for name in table.optional:
+        if needed() <= width:
+            break
+        columns.remove(name)
+    keep = [table.columns.index(c) for c in columns]
+    styles = tuple((keep.index(i), s) for i, s in table.styles if i in keep)
+    return Table(
+        columns, [[r[i] for i in keep] for r in table.rows], wide=table.wide, styles=styles
+    )
 
 
 def plain(table: Table) -> str:
@@ -196,7 +223,13 @@ def status(view: views.Status) -> Table:
         "commit",
         "last error",
     ]
-    return Table(head, rows, wide=("last error", "jobs"), styles=((1, "status"),))
+    return Table(
+        head,
+        rows,
+        wide=("last error", "jobs"),
+        styles=((1, "status"),),
+        optional=("commit", "table", "requests", "jobs", "cost"),
+    )
 
 
 def invalid_files(view: views.Status) -> str:
@@ -247,7 +280,12 @@ def jobs_table(jobs: Sequence[views.Job]) -> Table:
         "updated",
         "error",
     ]
-    return Table(head, rows, wide=("error", "remote"))
+    return Table(
+        head,
+        rows,
+        wide=("error", "remote"),
+        optional=("updated", "remote", "cost", "requests", "age", "manifest"),
+    )
 
 
 def event_line(event: views.Event) -> str:

@@ -423,3 +423,83 @@ def test_a_git_repository_or_branch_that_does_not_exist_fails_at_start(
     git("commit", "--quiet", "-m", "add")
     branch = gbatch("watch", "--git", str(repo), "--branch", "nope")
     assert branch.code == 2 and "branch 'nope'" in branch.err, branch.err
+
+
+def run_in_a_terminal(
+    gbatch: Gbatch, args: list[str], answer: bytes | None, timeout: float = 60
+) -> tuple[int, str]:
+    """``python -m runner ARGS`` on a pseudo-terminal (stdin and stdout are TTYs), typing
+    ``answer`` once it asks; (exit code, everything it wrote)."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=gbatch.root,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+    ) as process:
+        os.close(secondary)
+        seen = b""
+        deadline = time.monotonic() + timeout
+        answered = False
+        while True:  # until the terminal closes: every process holding it has ended
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal closed: the process ended
+                break
+            seen += chunk
+            if answer is not None and not answered and b"[y/N]" in seen:
+                os.write(primary, answer)
+                answered = True
+        code = process.wait(timeout=timeout)
+    os.close(primary)
+    return code, seen.decode(errors="replace")
+
+
+def test_apply_on_a_terminal_shows_the_plan_and_asks_above_the_threshold(
+    gbatch: Gbatch, emulator: Emulator
+) -> None:
+    gbatch.write("a.yaml", cities("a", ["Oslo", "Lima"]))
+    code, screen = run_in_a_terminal(gbatch, ["apply", "manifests", "--confirm-above", "0"], b"n\n")
+    assert code == 1, screen
+    assert "a -> table a" in screen and "over --confirm-above $0" in screen
+    assert "nothing applied (declined)" in screen
+    assert emulator.count("batches.create") == 0
+    code, screen = run_in_a_terminal(gbatch, ["apply", "manifests", "--wait"], None)
+    assert code == 0, screen  # under the default $10: no question
+    assert "[y/N]" not in screen and "2/2" in screen  # the rich progress line
+    assert emulator.count("batches.create") == 1
+    gbatch.write("b.yaml", cities("b", ["Pune"]))
+    code, screen = run_in_a_terminal(
+        gbatch, ["apply", "manifests", "--confirm-above", "0", "--yes"], None
+    )
+    assert code == 0 and "[y/N]" not in screen, screen
+    assert emulator.count("batches.create") == 2
+
+
+JSON_LOGS = ("--log-format", "json")
+
+
+def test_the_daemon_logs_json_from_its_first_line(gbatch: Gbatch, emulator: Emulator) -> None:
+    gbatch.write("a.yaml", cities("a", ["Oslo"]))
+    with subprocess.Popen(
+        [sys.executable, "-m", "runner", "watch", "manifests", *JSON_LOGS, "--metrics-port", "0"],
+        cwd=gbatch.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as daemon:
+        assert daemon.stdout is not None
+        entries = []
+        while not any(e["message"].startswith("a: created") for e in entries):
+            entries.append(json.loads(daemon.stdout.readline()))  # every line is JSON
+        daemon.terminate()
+        rest = daemon.stdout.read().splitlines()
+    entries += [json.loads(line) for line in rest]
+    startup = [e["message"] for e in entries if e["event"] == "startup"]
+    assert [m.split(":")[0] for m in startup] == ["metrics", "status page", "gbatch watch"]
+    assert all(re.search(r"[+-]\d\d:\d\d$", e["time"]) for e in entries)
