@@ -54,7 +54,8 @@ def invoke(argv: Sequence[str] | None = None) -> Invocation:
         return Invocation(INTERRUPTED, exc)
     except GbatchError as exc:
         logging.getLogger("gbatch").debug("failed", exc_info=True)
-        console.say(f"gbatch {obj.get('command', '')}: {exc}".replace("  ", " "), err=True)
+        command = obj.get("command")
+        console.say(f"gbatch {command}: {exc}" if command else f"gbatch: {exc}", err=True)
         return Invocation(exit_code(exc), exc)
     except KeyboardInterrupt as exc:
         console.say("gbatch: interrupted", err=True)

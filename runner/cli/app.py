@@ -439,3 +439,23 @@ def completion(shell: str) -> Outcome:
     assert kind is not None
     click.echo(kind(cli, {}, "gbatch", "_GBATCH_COMPLETE").source())
     return Outcome(0)
+
+
+# What `gbatch --help` lists beside each command (the docstrings say more).
+SHORT_HELP = {
+    "apply": "Reconcile once: submit what the manifests need.",
+    "cancel": "Cancel a manifest's running jobs.",
+    "completion": "Print the shell completion script.",
+    "diff": "Keys new / changed / removed against the applied version.",
+    "emulator": "Serve the local Gemini API emulator.",
+    "events": "The event log; --follow for new events.",
+    "init": "Write a first manifest for a data file.",
+    "plan": "What apply would submit, with estimates; changes nothing.",
+    "query": "Run read-only SQL over the results.",
+    "schema": "Print the manifest JSON Schema (for editors).",
+    "status": "Manifests, jobs, states, counts, cost, last error.",
+    "validate": "Check manifests and their data; file:line:col errors.",
+    "watch": "The daemon: reconcile on every change and on a timer.",
+}
+for _name, _text in SHORT_HELP.items():
+    cli.commands[_name].short_help = _text

@@ -31,11 +31,13 @@ class Table:
 
 
 def fixed(value: float) -> str:
-    """A float in fixed notation with its own digits: 3.01e-05 -> 0.0000301."""
+    """A float in fixed notation: 3.01e-05 -> 0.0000301 (six significant digits below 1,
+    six decimals above; never an exponent)."""
     if not math.isfinite(value):
         return str(value)
-    text = format(Decimal(repr(value)), "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    if abs(value) < 1:
+        return format(Decimal(f"{value:.6g}"), "f")
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def cell(value: Any, max_width: int = 60) -> str:

@@ -30,10 +30,15 @@ def test_money_is_in_fixed_notation(value: float, text: str) -> None:
 
 
 @given(st.floats(min_value=-1e12, max_value=1e12, allow_nan=False))
-def test_a_float_cell_never_uses_an_exponent_and_keeps_its_value(value: float) -> None:
+def test_a_float_cell_never_uses_an_exponent_and_keeps_six_digits(value: float) -> None:
     text = render.fixed(value)
     assert "e" not in text.lower()
-    assert float(text) == value
+    assert float(text) == pytest.approx(value, rel=1e-5, abs=1e-300)
+
+
+def test_a_float_cell_drops_binary_noise() -> None:
+    assert render.fixed(0.00009829999999999999) == "0.0000983"
+    assert render.fixed(1234.5) == "1234.5" and render.fixed(0.0) == "0"
 
 
 def test_durations_are_h_mm_ss_and_ages_are_short() -> None:
