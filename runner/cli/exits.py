@@ -21,8 +21,15 @@ EXIT_BACKEND = 3  # the API refused or could not be reached
 EXIT_STORE = 4  # the state or results database failed
 EXIT_LOCKED = 5  # another gbatch owns the state directory (or the results file)
 
+
+class UsageError(GbatchError):
+    """Bad arguments found while running (a port in use, a git branch that does not exist):
+    exit 2, as click's own usage errors. (A branch of ``runner.errors``' tree in spirit.)"""
+
+
 EXIT_CODES: tuple[tuple[type[GbatchError], int], ...] = (
     (ManifestError, EXIT_USAGE),
+    (UsageError, EXIT_USAGE),
     (BackendError, EXIT_BACKEND),
     (StoreError, EXIT_STORE),
     (LockedError, EXIT_LOCKED),
