@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from runner.adapters.duck import Error, ident, literal, memory
-from runner.errors import GbatchError
+from runner.errors import DataFileError
 
 Format = Literal["csv", "jsonl", "parquet"]
 FORMATS: dict[str, Format] = {
@@ -21,10 +21,6 @@ FORMATS: dict[str, Format] = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
 }
-
-
-class DataFileError(GbatchError):
-    """The file is not a readable CSV, JSONL or Parquet file."""
 
 
 @dataclass(frozen=True)

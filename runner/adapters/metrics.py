@@ -25,13 +25,9 @@ from prometheus_client.registry import Collector
 
 from runner.adapters.state import StateStore
 from runner.adapters.webui import ROUTES, SECURITY_HEADERS, Request, StatusPage
-from runner.errors import GbatchError
+from runner.errors import ListenError
 
 Checks = Callable[[], list[str]]  # the failing health checks; empty when healthy
-
-
-class ListenError(GbatchError):
-    """The HTTP server cannot listen where it was asked (the port is taken, no such address)."""
 
 
 class _StateCollector(Collector):

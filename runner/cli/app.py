@@ -277,6 +277,7 @@ def diff(
     default="127.0.0.1",
     help="address for --metrics-port (off loopback the page needs GBATCH_UI_TOKEN)",
 )
+@SELECTOR
 @common
 @click.pass_context
 def watch(ctx: click.Context, **options: Any) -> Outcome:

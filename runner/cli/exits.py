@@ -12,7 +12,10 @@ from runner.errors import (
     LockedError,
     ManifestError,
     StoreError,
+    UsageError,
 )
+
+__all__ = ["EXIT_CODES", "UsageError", "exit_code"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, but work failed (jobs failed, rows failed, blocked)
@@ -20,11 +23,6 @@ EXIT_USAGE = 2  # bad arguments or bad manifests
 EXIT_BACKEND = 3  # the API refused or could not be reached
 EXIT_STORE = 4  # the state or results database failed
 EXIT_LOCKED = 5  # another gbatch owns the state directory (or the results file)
-
-
-class UsageError(GbatchError):
-    """Bad arguments found while running (a port in use, a git branch that does not exist):
-    exit 2, as click's own usage errors. (A branch of ``runner.errors``' tree in spirit.)"""
 
 
 EXIT_CODES: tuple[tuple[type[GbatchError], int], ...] = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from runner.cli import commands
 from runner.cli.commands import Outcome
 from runner.cli.exits import EXIT_OK, UsageError
 from runner.cli.logs import log, note
-from runner.cli.wiring import CliSettings, runtime
+from runner.cli.wiring import CliSettings, runtime, selector
 from runner.core.durations import parse_duration
 from runner.core.paths import confine
 from runner.engine.daemon import Daemon, DaemonOptions
@@ -61,6 +62,7 @@ def cmd_watch(
     confirm_deletions: bool,
     metrics_port: int | None,
     metrics_host: str,
+    selectors: Sequence[str] = (),
 ) -> Outcome:
     if (directory is None) == (git_url is None):
         raise UsageError("watch needs a directory or --git URL_OR_PATH (one of them)")
@@ -70,6 +72,7 @@ def cmd_watch(
         "settle_s": _seconds(settle, "--settle"),
         "confirm_deletions": confirm_deletions,
         "git_interval_s": _seconds(interval, "--interval"),
+        "selector": selector(selectors) or None,
     }
     with ProcessLock(settings.state_dir):
         git = None

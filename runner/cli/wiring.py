@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from runner.adapters import sources
 from runner.adapters.gemini import GeminiBackend
 from runner.adapters.state import StateStore
@@ -35,10 +33,7 @@ NO_KEY = (
 )
 
 
-class CliSettings(Settings):
-    """The settings, plus what only the CLI reads (the status page's token)."""
-
-    ui_token: SecretStr | None = None  # GBATCH_UI_TOKEN: required off loopback
+CliSettings = Settings  # the commands' settings: runner.settings.Settings, the one class
 
 
 def load_settings(*, log_format: str | None) -> CliSettings:

@@ -22,7 +22,9 @@ from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
 from runner.engine import cycle, integrity, lifecycle, reconcile
+from runner.engine.pruning import MASS_DELETE_FRACTION, mass_deletion
 from runner.engine.runtime import Runtime, log
+from runner.engine.selection import Selector
 from runner.engine.validate import check_data
 from runner.errors import GbatchError, LockedError, ManifestError
 
@@ -35,13 +37,14 @@ class DaemonOptions:
     poll_files: bool = False  # watchdog's polling observer (network mounts, containers)
     resync_s: float = 300.0
     settle_s: float = 30.0
-    mass_delete_fraction: float = 0.5
+    mass_delete_fraction: float = MASS_DELETE_FRACTION
     confirm_deletions: bool = False
     quiet_s: float = 0.3
     max_wait_s: float = 5.0
     git: GitCheckout | None = None
     git_interval_s: float = 60.0
     stale_after_s: float = 600.0  # health fails when the loop has not turned for this long
+    selector: Selector | None = None  # watch -l team=x: only the manifests it picks
     stuck_after_s: float = 420.0  # ... or one manifest's reconcile runs longer (query: 5 min)
 
 
@@ -196,6 +199,9 @@ class Daemon:
         seen_files = {item.path for item in loaded} | {
             e.location.path for e in errors if e.location is not None
         }
+        chosen = self.options.selector
+        if chosen:
+            loaded = [i for i in loaded if chosen.matches(i.manifest.metadata.labels)]
         by_name = {item.manifest.name: item for item in loaded}
         touches_data = changed is None or any(p.suffix not in (".yaml", ".yml") for p in changed)
         for error in errors:
@@ -282,10 +288,8 @@ class Daemon:
         now = self.rt.clock.monotonic()
         for row in gone:
             self._missing.setdefault(row.name, _Missing(since=now))
-        guard = (
-            len(gone) >= 2
-            and len(gone) >= self.options.mass_delete_fraction * len(active)
-            and not self.options.confirm_deletions
+        guard = not self.options.confirm_deletions and mass_deletion(
+            gone=len(gone), active=len(active), fraction=self.options.mass_delete_fraction
         )
         for row in gone:
             missing = self._missing[row.name]

@@ -15,7 +15,7 @@ from pathlib import Path
 from runner.adapters.state import ManifestRow
 from runner.engine.runtime import Runtime
 
-MASS_DELETE_FRACTION = 0.5  # the daemon's DaemonOptions.mass_delete_fraction default
+MASS_DELETE_FRACTION = 0.5  # the default for apply --prune and the daemon alike
 
 
 def mass_deletion(*, gone: int, active: int, fraction: float = MASS_DELETE_FRACTION) -> bool:

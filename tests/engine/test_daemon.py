@@ -15,6 +15,7 @@ from runner.core.lifecycle import Phase
 from runner.engine import reconcile
 from runner.engine.daemon import Daemon, DaemonOptions
 from runner.engine.runtime import Runtime
+from runner.engine.selection import Selector
 from tests.fakes import FakeBackend
 
 
@@ -274,3 +275,21 @@ def test_the_settle_window_and_the_health_staleness_run_on_the_clock(
     assert d.health_problems() == []
     clock.advance(2)
     assert d.health_problems() == ["the reconcile loop has not turned for 601s"]
+
+
+def test_a_daemon_with_a_selector_serves_only_the_manifests_it_picks(
+    rt: Runtime, tmp_path: Path, applied: list[str]
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    for name, team in (("mine", "a"), ("theirs", "b")):
+        (root / f"{name}.yaml").write_text(
+            "apiVersion: gbatch/v1\nkind: Batch\n"
+            f"metadata: {{name: {name}, labels: {{team: {team}}}}}\n"
+            "spec:\n  model: gemini-2.5-flash\n  source: {key: n, rows: [{n: 1}]}\n"
+            "  prompt: {template: 'Number {{ n }}'}\n"
+        )
+    d = daemon(rt, root, selector=Selector.parse(["team=a"]))
+    d.reconcile(None)
+    assert applied == ["mine"]
+    assert [m.name for m in rt.state.manifests()] == ["mine"]
