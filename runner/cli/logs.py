@@ -17,21 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runner.cli import console
+from runner.engine.runtime import fields
 
 HANDLER_NAME = "gbatch"
 FIELDS = ("manifest", "job", "phase", "event")
 log = logging.getLogger("gbatch")
-
-
-def fields(
-    *,
-    event: str,
-    manifest: str | None = None,
-    job: int | None = None,
-    phase: str | None = None,
-) -> dict[str, Any]:
-    """The structured fields of a record, for ``logger.info(..., extra=fields(...))``."""
-    return {"event": event, "manifest": manifest, "job": job, "phase": phase}
 
 
 class RedactSecrets(logging.Filter):

@@ -23,7 +23,7 @@ from runner.core.caching import body_chars, cache_body, cache_digest, min_cache_
 from runner.core.clock import parse_time
 from runner.core.durations import parse_duration
 from runner.core.loader import LoadedManifest
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.errors import BackendError, TransientBackendError
 
 CHARS_PER_TOKEN = 4  # the estimate when countTokens is not asked
@@ -132,7 +132,7 @@ def name_for(rt: Runtime, manifest: str, digest: str) -> str:
     rt.state.event(
         "cache", f"created {name} (expires {expire}; storage ${cost:.6f})", manifest=manifest
     )
-    log.info("%s: cache %s created", manifest, name)
+    log.info("%s: cache %s created", manifest, name, extra=fields(event="cache", manifest=manifest))
     return name
 
 

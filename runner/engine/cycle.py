@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from runner.core.loader import LoadedManifest
 from runner.engine import caching, ingest, lifecycle, reconcile
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.errors import GbatchError, ManifestError
 
 
@@ -43,7 +43,7 @@ def apply_one(rt: Runtime, loaded: LoadedManifest) -> reconcile.ManifestPlan:
         raise
     except Exception as exc:  # the fault boundary: a bug in one manifest's path is its error
         message = f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("%s: %s", name, message)
+        log.exception("%s: %s", name, message, extra=fields(event="error", manifest=name))
         _record(rt, name, message)
         raise GbatchError(f"{name}: {message}") from exc
 
@@ -79,7 +79,7 @@ def apply_all(
             plans[name] = apply_one(rt, manifests[name])
         except GbatchError as exc:
             errors[name] = exc
-            log.error("%s: %s", name, exc)
+            log.error("%s: %s", name, exc, extra=fields(event="not_applied", manifest=name))
     return plans, errors
 
 

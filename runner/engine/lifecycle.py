@@ -44,7 +44,7 @@ from runner.core.lifecycle import (
 )
 from runner.core.manifest import Policy
 from runner.engine import caching
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.errors import (
     BackendError,
     PermanentBackendError,
@@ -213,7 +213,13 @@ def _guarded(rt: Runtime, job: JobRow, report: SubmitReport, work: Callable[[], 
         rt.back_off(wait, _backoff_reason(exc))
         rt.state.update_job(job.id, error=str(exc))
         rt.state.event("backoff", str(exc), manifest=job.manifest, job=job.id)
-        log.warning("%s: %s; retrying in %.0fs", job.display_name, exc, wait)
+        log.warning(
+            "%s: %s; retrying in %.0fs",
+            job.display_name,
+            exc,
+            wait,
+            extra=fields(event="backoff", job=job),
+        )
     except PermanentBackendError as exc:
         report.backend_errors.append(str(exc))
         rt.state.update_manifest(job.manifest, last_error=str(exc))
@@ -225,10 +231,10 @@ def _guarded(rt: Runtime, job: JobRow, report: SubmitReport, work: Callable[[], 
         else:
             report.abandoned += 1
             _abandon(rt, rt.state.job(job.id), str(exc))
-        log.error("%s: %s", job.display_name, exc)
+        log.error("%s: %s", job.display_name, exc, extra=fields(event="refused", job=job))
     except Exception as exc:  # the fault boundary: one job's bug never stops the others
         message = f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("%s: %s", job.display_name, message)
+        log.exception("%s: %s", job.display_name, message, extra=fields(event="error", job=job))
         rt.state.update_job(job.id, error=message)
         rt.state.update_manifest(job.manifest, last_error=message)
         rt.state.event("error", message, manifest=job.manifest, job=job.id)
@@ -342,7 +348,7 @@ def _record_created(rt: Runtime, job: JobRow, remote: RemoteJob, *, adopted: boo
     rt.state.event(
         verb, f"{remote.name} ({job.requests} requests)", manifest=job.manifest, job=job.id
     )
-    log.info("%s: %s %s", job.manifest, verb, remote.name)
+    log.info("%s: %s %s", job.manifest, verb, remote.name, extra=fields(event=verb, job=job))
     _input_path(rt, job).unlink(missing_ok=True)
 
 
@@ -392,12 +398,24 @@ def cancel(rt: Runtime, job: JobRow, why: str) -> None:
     try:
         rt.backend.cancel_job(job.remote_name)
     except BackendError as exc:
-        log.warning("%s: cancel of %s failed: %s", job.manifest, job.remote_name, exc)
+        log.warning(
+            "%s: cancel of %s failed: %s",
+            job.manifest,
+            job.remote_name,
+            exc,
+            extra=fields(event="cancel_failed", job=job),
+        )
         return
     rt.state.update_job(job.id, cancel_reason=why, error=why)
     kind = "deadline" if why.startswith("deadline") else "cancelled"
     rt.state.event(kind, f"{job.remote_name}: {why}", manifest=job.manifest, job=job.id)
-    log.warning("%s: %s cancelled: %s", job.manifest, job.remote_name, why)
+    log.warning(
+        "%s: %s cancelled: %s",
+        job.manifest,
+        job.remote_name,
+        why,
+        extra=fields(event=kind, job=job),
+    )
 
 
 def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
@@ -439,7 +457,7 @@ def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
             job_requests=Path(job.request_file), result_file=dest, message=error, status=exc.status
         )
         rt.state.update_manifest(job.manifest, last_error=error)
-        log.error("%s: %s", job.manifest, error)
+        log.error("%s: %s", job.manifest, error, extra=fields(event="mismatch", job=job))
     crashpoints.reached("downloaded")
     rt.state.transition(job.id, Phase.DOWNLOADED, error=error)
     rt.state.event(

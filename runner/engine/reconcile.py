@@ -20,7 +20,7 @@ from runner.core.loader import LoadedManifest
 from runner.core.pricing import Storage
 from runner.engine import caching, integrity, lifecycle
 from runner.engine.lifecycle import result_path
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.engine.validate import locate
 from runner.errors import BackendError, ManifestError, StoreBusyError
 
@@ -274,7 +274,9 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         rt.state.event("version", f"version {plan.version}: {_counts(plan)}", manifest=plan.name)
     if plan.blocked:
         rt.state.event("blocked", plan.blocked, manifest=plan.name)
-        log.warning("%s: %s", plan.name, plan.blocked)
+        log.warning(
+            "%s: %s", plan.name, plan.blocked, extra=fields(event="blocked", manifest=plan.name)
+        )
         return plan
     intents = []
     for chunk in plan.jobs:
@@ -414,4 +416,9 @@ def remove_manifest(rt: Runtime, name: str) -> None:
     rt.state.event(
         "removed", f"manifest removed (on_delete: {on_delete}); results kept", manifest=name
     )
-    log.info("%s: removed (on_delete: %s); results kept", name, on_delete)
+    log.info(
+        "%s: removed (on_delete: %s); results kept",
+        name,
+        on_delete,
+        extra=fields(event="removed", manifest=name),
+    )

@@ -9,9 +9,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runner.adapters import sources
-from runner.adapters.state import StateStore
+from runner.adapters.state import JobRow, StateStore
 from runner.core.clock import Clock, SystemClock
 from runner.core.failures import RetryPolicy
 from runner.core.ports import Backend
@@ -19,6 +20,21 @@ from runner.core.pricing import PriceTable
 from runner.settings import Settings, retry_policy
 
 log = logging.getLogger("gbatch")
+
+
+def fields(
+    *,
+    event: str,
+    manifest: str | None = None,
+    job: JobRow | None = None,
+    phase: str | None = None,
+) -> dict[str, Any]:
+    """The structured fields of a log record (``log.info(..., extra=fields(...))``): the JSON
+    log format writes them as keys; a job gives its manifest, id and phase."""
+    if job is not None:
+        manifest = manifest or job.manifest
+        phase = phase or job.phase.value
+    return {"event": event, "manifest": manifest, "job": job.id if job else None, "phase": phase}
 
 
 @dataclass

@@ -187,6 +187,10 @@ def test_json_logs_have_one_shape_on_every_line(gbatch: Gbatch, emulator: Emulat
             entry
         )
         assert re.search(r"[+-]\d\d:\d\d$", entry["time"]), entry["time"]  # timezone-aware
+    by_event = {e["event"]: e for e in entries}
+    for event in ("created", "ingested"):  # the engine's lines carry their manifest and job
+        assert by_event[event]["manifest"] == "a" and isinstance(by_event[event]["job"], int)
+    assert by_event["ingested"]["phase"] == "ingested"
     progress = [e for e in entries if e["event"] == "progress"]
     assert progress and progress[-1]["manifest"] == "a"
     assert "2/2 done, 0 failed" in progress[-1]["message"]
