@@ -699,6 +699,23 @@ class StateStore:
                 (job, table, label, rows, kind, self.now()),
             )
 
+    EVENT_COLUMNS = ("id", "at", "manifest", "job", "kind", "message")
+
+    def events(
+        self, *, manifest: str | None = None, after: int = 0, newest: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Events (``EVENT_COLUMNS``) with an id above ``after``, oldest first; ``newest``
+        keeps only that many of the latest (read with a limit, not the whole log)."""
+        where: list[str] = ["id > ?"]
+        args: list[Any] = [after]
+        if manifest is not None:
+            where.append("manifest = ?")
+            args.append(manifest)
+        query = f"select {', '.join(self.EVENT_COLUMNS)} from events where {' and '.join(where)}"
+        if newest is not None:
+            query = f"select * from ({query} order by id desc limit {int(newest)}) order by id"
+        return list(self._db.execute(query + ("" if newest else " order by id"), args))
+
     def summary(self) -> dict[str, list[tuple[Any, ...]]]:
         """Aggregates for metrics: manifests by status, jobs by phase and remote state."""
         return {

@@ -365,8 +365,8 @@ def status_view(
     now = state.clock.now()
     recent = None
     if events:
-        columns, rows = state.tables()["gbatch_events"]
-        recent = [views.event_view(columns, r) for r in rows[-events:]][::-1]
+        rows = state.events(newest=events)
+        recent = [views.event_view(state.EVENT_COLUMNS, r) for r in rows][::-1]
     return views.Status(
         state_dir=str(settings.state_dir),
         manifests=[views.manifest_status(m, all_jobs, prices) for m in manifests],
@@ -423,11 +423,10 @@ def cmd_status(
 def _events(settings: CliSettings, *, manifest: str | None, after: int) -> list[views.Event]:
     state = StateStore(settings.state_db)
     try:
-        columns, rows = state.tables()["gbatch_events"]
+        rows = state.events(manifest=manifest, after=after)
     finally:
         state.close()
-    found = [views.event_view(columns, r) for r in rows]
-    return [e for e in found if e.id > after and (manifest is None or e.manifest == manifest)]
+    return [views.event_view(StateStore.EVENT_COLUMNS, r) for r in rows]
 
 
 def cmd_events(
