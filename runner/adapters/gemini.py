@@ -46,6 +46,8 @@ T = TypeVar("T")
 JSONL_MIME = "application/jsonl"
 PROCESSING_WAIT_S = 600.0  # how long an upload may stay PROCESSING (video) before we retry
 PROCESSING_POLL_S = 2.0
+# The create call of each task (the job's requests are GenerateContent or EmbedContent ones).
+CREATE_METHODS = {"generate": "batchGenerateContent", "embed": "asyncBatchEmbedContent"}
 
 
 class GeminiBackend:
@@ -183,13 +185,25 @@ class GeminiBackend:
 
     # -- batches -----------------------------------------------------------------------------
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         """Create a batch job; the body is written here, so inline requests go as they are.
 
-        Inline requests go sorted by key: when their answers come back without metadata,
-        :meth:`download_results` matches them by that order.
+        ``task``: ``generate`` (``models/{m}:batchGenerateContent``) or ``embed``
+        (``models/{m}:asyncBatchEmbedContent``, ``client.batches.create_embeddings`` on the
+        wire: the same ``{"batch": {"displayName", "inputConfig"}}`` body, its inline items
+        EmbedContentRequests with their metadata). Inline requests go sorted by key: when
+        their answers come back without metadata, :meth:`download_results` matches them by
+        that order.
         """
+        if task not in CREATE_METHODS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(CREATE_METHODS)}")
         source: dict[str, Any]
         if src_file is not None:
             source = {"fileName": src_file}
@@ -199,7 +213,7 @@ class GeminiBackend:
             raise ValueError("create_job needs src_file or inline")
         body = {"batch": {"displayName": display_name, "inputConfig": source}}
         what = f"create {display_name}"
-        path = f"{_model_path(model)}:batchGenerateContent"
+        path = f"{_model_path(model)}:{CREATE_METHODS[task]}"
         try:
             reply = self._raw("post", path, body)
         except Exception as exc:
@@ -257,7 +271,7 @@ class GeminiBackend:
             return
         operation = self._raw_get(_batch_path(job.name))
         output = operation.get("response") or operation.get("metadata", {}).get("output", {})
-        inlined = output.get("inlinedResponses", {}).get("inlinedResponses", [])
+        inlined = _inlined(output)
         matched = _match_inline(inlined, keys)
         if matched is None:
             raw = dest.with_name(dest.name + ".raw.json")
@@ -493,6 +507,20 @@ def _inlined_requests(inline: Path) -> list[dict[str, Any]]:
     return [
         {"request": lines[key]["request"], "metadata": {"key": key}} for key in _sent_order(lines)
     ]
+
+
+def _inlined(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished inline job's answers. An embedding job's are EmbedContentResponses under
+    the same ``inlinedResponses`` (EmbedContentBatchOutput in the API's discovery document);
+    the SDK reads ``inlinedEmbedContentResponses`` too (its _BatchJobDestination_from_mldev),
+    so both spellings are accepted. Lines come out as ``{"key", "response"|"error"}`` either
+    way: an embedding's response as it is (``{"embedding": {"values"}, "tokenCount"}``),
+    like the lines of a result file."""
+    for name in ("inlinedResponses", "inlinedEmbedContentResponses"):
+        found = output.get(name, {}).get("inlinedResponses")
+        if found:
+            return list(found)
+    return []
 
 
 def _inline_key(item: dict[str, Any]) -> str | None:
