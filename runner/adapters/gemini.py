@@ -1,12 +1,14 @@
 """The Gemini adapter: the only module that imports google-genai.
 
 Implements ``runner.core.ports.Backend`` over the official SDK, pinned to ``v1beta``, with a
-timeout on every call. Reads (get, list, download, upload) retry transient errors with
-back-off that honours RetryInfo; creates never retry here (a failed create may have happened:
-the engine resolves it by listing). Job reads and creates go through the SDK's own client as
-raw calls: its converters drop ``batchStats`` and the operation ``error`` from replies, and
-every request field they do not know (``labels``, ``serviceTier``, ``store``...) from inline
-requests. Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
+timeout on every call; a job is a generation batch (batchGenerateContent) or an embeddings
+batch (asyncBatchEmbedContent, ``client.batches.create_embeddings`` on the wire). Reads
+(get, list, download, upload) retry transient errors with back-off that honours RetryInfo;
+creates never retry here (a failed create may have happened: the engine resolves it by
+listing). Job reads and creates go through the SDK's own client as raw calls: its
+converters drop ``batchStats`` and the operation ``error`` from replies, and every request
+field they do not know (``labels``, ``serviceTier``, ``store``...) from inline requests.
+Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
 transient vs permanent to ``runner.core.failures.classify``.
 Constructed by the CLI; called by the engine.
 """

@@ -109,6 +109,8 @@ def test_a_first_apply_sends_embedcontent_requests_and_fills_a_float_array_colum
     assert gbatch.sql("select count(*) from docs where response::varchar like '%values%'") == [
         (0,)
     ]  # the vector is in `embedding`, not kept twice in `response`
+    jobs = gbatch("query", "select manifest, task, phase from gbatch_jobs", "--format", "csv")
+    assert jobs.out.split() == ["manifest,task,phase", "docs,embed,ingested"]
 
 
 def test_a_re_apply_sends_only_changed_rows_and_history_keeps_both_vectors(
