@@ -136,7 +136,8 @@ def free_port() -> int:
 
 
 def demo() -> None:
-    """Serve the emulator, apply the example manifests with --wait, show status and answers."""
+    """Serve the emulator, apply the example manifests with --wait, show status, answers and
+    a semantic search over the embeddings."""
     ensure_venv()
     out = ROOT / "demo-output"
     shutil.rmtree(out, ignore_errors=True)
@@ -180,6 +181,18 @@ def demo() -> None:
                     "query",
                     "select sku, title, bullets[1] as first_bullet, cost_usd "
                     "from product_copy order by sku limit 5",
+                ],
+                env=env,
+            )
+            run(  # semantic search: each customer question's nearest FAQ entry, in plain SQL
+                [
+                    gbatch,
+                    "query",
+                    "select q.question, f.id as best_answer, "
+                    "round(array_cosine_similarity(q.embedding, f.embedding)::double, 3) as score "
+                    "from support_questions q, support_faq f "
+                    "qualify row_number() over (partition by q.key order by score desc) = 1 "
+                    "order by q.key",
                 ],
                 env=env,
             )

@@ -73,7 +73,13 @@ class FakeBackend:
         self.files.pop(name, None)
 
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         self._call("create", display_name)
         name = f"batches/b{next(self._ids)}"

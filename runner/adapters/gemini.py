@@ -1,12 +1,14 @@
 """The Gemini adapter: the only module that imports google-genai.
 
 Implements ``runner.core.ports.Backend`` over the official SDK, pinned to ``v1beta``, with a
-timeout on every call. Reads (get, list, download, upload) retry transient errors with
-back-off that honours RetryInfo; creates never retry here (a failed create may have happened:
-the engine resolves it by listing). Job reads and creates go through the SDK's own client as
-raw calls: its converters drop ``batchStats`` and the operation ``error`` from replies, and
-every request field they do not know (``labels``, ``serviceTier``, ``store``...) from inline
-requests. Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
+timeout on every call; a job is a generation batch (batchGenerateContent) or an embeddings
+batch (asyncBatchEmbedContent, ``client.batches.create_embeddings`` on the wire). Reads
+(get, list, download, upload) retry transient errors with back-off that honours RetryInfo;
+creates never retry here (a failed create may have happened: the engine resolves it by
+listing). Job reads and creates go through the SDK's own client as raw calls: its
+converters drop ``batchStats`` and the operation ``error`` from replies, and every request
+field they do not know (``labels``, ``serviceTier``, ``store``...) from inline requests.
+Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
 transient vs permanent to ``runner.core.failures.classify``.
 Constructed by the CLI; called by the engine.
 """
@@ -46,6 +48,8 @@ T = TypeVar("T")
 JSONL_MIME = "application/jsonl"
 PROCESSING_WAIT_S = 600.0  # how long an upload may stay PROCESSING (video) before we retry
 PROCESSING_POLL_S = 2.0
+# The create call of each task (the job's requests are GenerateContent or EmbedContent ones).
+CREATE_METHODS = {"generate": "batchGenerateContent", "embed": "asyncBatchEmbedContent"}
 
 
 class GeminiBackend:
@@ -178,13 +182,25 @@ class GeminiBackend:
 
     # -- batches -----------------------------------------------------------------------------
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         """Create a batch job; the body is written here, so inline requests go as they are.
 
-        Inline requests go sorted by key: when their answers come back without metadata,
-        :meth:`download_results` matches them by that order.
+        ``task``: ``generate`` (``models/{m}:batchGenerateContent``) or ``embed``
+        (``models/{m}:asyncBatchEmbedContent``, ``client.batches.create_embeddings`` on the
+        wire: the same ``{"batch": {"displayName", "inputConfig"}}`` body, its inline items
+        EmbedContentRequests with their metadata). Inline requests go sorted by key: when
+        their answers come back without metadata, :meth:`download_results` matches them by
+        that order.
         """
+        if task not in CREATE_METHODS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(CREATE_METHODS)}")
         source: dict[str, Any]
         if src_file is not None:
             source = {"fileName": src_file}
@@ -194,7 +210,7 @@ class GeminiBackend:
             raise ValueError("create_job needs src_file or inline")
         body = {"batch": {"displayName": display_name, "inputConfig": source}}
         what = f"create {display_name}"
-        path = f"{_model_path(model)}:batchGenerateContent"
+        path = f"{_model_path(model)}:{CREATE_METHODS[task]}"
         try:
             reply = self._raw("post", path, body)
         except Exception as exc:
@@ -252,7 +268,7 @@ class GeminiBackend:
             return
         operation = self._raw_get(_batch_path(job.name))
         output = operation.get("response") or operation.get("metadata", {}).get("output", {})
-        inlined = output.get("inlinedResponses", {}).get("inlinedResponses", [])
+        inlined = _inlined(output)
         matched = _match_inline(inlined, keys)
         if matched is None:
             raw = dest.with_name(dest.name + ".raw.json")
@@ -495,6 +511,20 @@ def _inlined_requests(inline: Path) -> list[dict[str, Any]]:
     return [
         {"request": lines[key]["request"], "metadata": {"key": key}} for key in _sent_order(lines)
     ]
+
+
+def _inlined(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished inline job's answers. An embedding job's are EmbedContentResponses under
+    the same ``inlinedResponses`` (EmbedContentBatchOutput in the API's discovery document);
+    the SDK reads ``inlinedEmbedContentResponses`` too (its _BatchJobDestination_from_mldev),
+    so both spellings are accepted. Lines come out as ``{"key", "response"|"error"}`` either
+    way: an embedding's response as it is (``{"embedding": {"values"}, "tokenCount"}``),
+    like the lines of a result file."""
+    for name in ("inlinedResponses", "inlinedEmbedContentResponses"):
+        found = output.get(name, {}).get("inlinedResponses")
+        if found:
+            return list(found)
+    return []
 
 
 def _inline_key(item: dict[str, Any]) -> str | None:

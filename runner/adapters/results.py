@@ -2,7 +2,9 @@
 
 Per manifest table ``t``: ``t_history`` keeps every line ever ingested (idempotent per job),
 ``t`` shows one row per key of the current version, ``t_sources`` holds grounding sources.
-Lines are parsed by DuckDB's JSON reader; a job is ingested in one transaction. The file is
+Lines are parsed by DuckDB's JSON reader; a job is ingested in one transaction. An embedding
+job (its request set carries EMBED_DIMENSIONS_COLUMN) gets the fixed-size vector column
+``embedding FLOAT[N]`` instead of the answer's columns (``_parse_embeddings``). The file is
 opened only for the length of one write, so read-only readers come and go between writes;
 if another process holds it, StoreBusyError says so and the engine retries later.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +39,7 @@ from runner.adapters.duck import (
 )
 from runner.core import schema_types, tables
 from runner.core.pricing import Price
+from runner.core.requests import EMBED_DIMENSIONS_COLUMN
 from runner.errors import GbatchError, LockedError, StoreBusyError, StoreError
 
 OK_FINISH = ("STOP", "MAX_TOKENS")
@@ -127,13 +131,17 @@ def _parse(
     source_cols = [
         c
         for c in _columns(con, "req")
-        if c not in ("key", "request_hash", "request_bytes", "row_number")
+        if c not in ("key", "request_hash", "request_bytes", "row_number", EMBED_DIMENSIONS_COLUMN)
         and not c.startswith("__media_")
     ]
     typed = schema_types.columns(output_schema) if output_schema else []
     cost = "null::double" if paid else "0::double"  # reused answers were paid for once
     if price is not None and paid:
         cost = price.cost_sql("u")  # the one cost definition, rendered as SQL
+    stamps = _stamps(job=job, manifest=manifest, manifest_version=manifest_version, commit=commit)
+    if EMBED_DIMENSIONS_COLUMN in _columns(con, "req"):
+        _parse_embeddings(con, requests=requests, source_cols=source_cols, cost=cost, stamps=stamps)
+        return
     con.execute(
         f"""
         create temp view base as
@@ -175,11 +183,7 @@ def _parse(
         select key, status, text, response, error_json as error, finish_reason,
                u.promptTokenCount prompt_tokens, u.cachedContentTokenCount cached_tokens,
                u.candidatesTokenCount output_tokens, u.thoughtsTokenCount thoughts_tokens,
-               u.totalTokenCount total_tokens, {cost} cost_usd, model_version,
-               {literal(job)} job, {literal(manifest)} manifest,
-               {literal(manifest_version)} manifest_version,
-               {literal(commit) if commit else "null"}::varchar "commit", request_hash,
-               now()::timestamp ingested_at
+               u.totalTokenCount total_tokens, {cost} cost_usd, model_version, {stamps}
                {"".join(f", {ident(c)}" for c in source_cols)}
                {"".join(f", answer.{ident(n)} as {ident(n)}" for n, _ in typed)}
         from (
@@ -205,6 +209,100 @@ def _parse(
                     when problem is not null then json_object('message', problem)
                 end as error_json
             from shaped
+        )
+        """
+    )
+
+
+def _stamps(*, job: str, manifest: str, manifest_version: str, commit: str | None) -> str:
+    """The bookkeeping columns every parsed line carries: who asked, in which job, when."""
+    return (
+        f"{literal(job)} job, {literal(manifest)} manifest, "
+        f"{literal(manifest_version)} manifest_version, "
+        f'{literal(commit) if commit else "null"}::varchar "commit", request_hash, '
+        "now()::timestamp ingested_at"
+    )
+
+
+# -- embeddings (task: embed) ----------------------------------------------------------------
+# The parts of an EmbedContentResponse the columns come from. A batch line carries the
+# vector and ``tokenCount`` (int64, as a string: Cookbook Batch_mode.ipynb cell 48); newer
+# responses may carry ``usageMetadata`` instead.
+EMBED_RESPONSE = json.dumps(
+    {
+        "embedding": {"values": ["DOUBLE"]},
+        "tokenCount": "VARCHAR",
+        "usageMetadata": {"promptTokenCount": "BIGINT"},
+    }
+)
+# An embedding's tokens are its prompt (billed as input by pricing.TERMS; nothing else is
+# billed): the usage block the one cost definition reads, with every other count absent.
+EMBED_USAGE = ("promptTokenCount", "totalTokenCount")
+
+
+def _parse_embeddings(
+    con: Connection, *, requests: Path, source_cols: list[str], cost: str, stamps: str
+) -> None:
+    """``parsed`` for an embedding job: the vector as ``embedding FLOAT[N]`` (N from the
+    request set), ``text`` the text that was embedded, ``response`` without the vector (it is
+    in ``embedding``), tokens and cost from ``tokenCount``; the bookkeeping columns as for
+    generation. A vector of another size than N fails its line, saying so."""
+    found = con.execute(f"select max({ident(EMBED_DIMENSIONS_COLUMN)}) from req").fetchone()
+    size = int(found[0]) if found and found[0] else 0
+    usage = ", ".join(
+        f"{name} := " + ("tokens" if name in EMBED_USAGE else "null::bigint")
+        for name in json.loads(RESPONSE)["usageMetadata"]
+    )
+    con.execute(
+        f"""
+        create temp view embedded as
+        select key, array_to_string(json_extract_string(request, '$.content.parts[*].text'),
+                                    chr(10)) as text
+        from read_parquet({literal(str(requests))})
+        """
+    )
+    con.execute(
+        f"""
+        create temp view embed_base as
+        select l.key, l.error, l.response, r.key is not null as known, r.request_hash, e.text,
+               struct_extract(l.p.embedding, 'values') as vals,
+               coalesce(try_cast(l.p.tokenCount as bigint),
+                        l.p.usageMetadata.promptTokenCount) as tokens
+               {"".join(f", r.{ident(c)}" for c in source_cols)}
+        from (select *, from_json(response, {literal(EMBED_RESPONSE)}) p from once) l
+        left join req r using (key)
+        left join embedded e using (key)
+        """
+    )
+    con.execute(
+        f"""
+        create temp view parsed as
+        select key, status, text,
+               case when response is not null then
+                   json_merge_patch(response, '{{"embedding": {{"values": null}}}}') end response,
+               error_json as error, null::varchar finish_reason,
+               tokens prompt_tokens, null::bigint cached_tokens, null::bigint output_tokens,
+               null::bigint thoughts_tokens, tokens total_tokens, {cost} cost_usd,
+               null::varchar model_version, {stamps}
+               {"".join(f", {ident(c)}" for c in source_cols)},
+               (case when status = 'succeeded' then vals end)::FLOAT[{size}] as embedding
+        from (
+            select *, struct_pack({usage}) u,
+                case
+                    when not known then 'failed'
+                    when error is not null or response is null then 'failed'
+                    when vals is null or len(vals) != {size} then 'failed'
+                    else 'succeeded'
+                end as status,
+                case
+                    when not known then '{{"message": "key not among the job''s requests"}}'::json
+                    when error is not null then error
+                    when response is null then '{{"message": "no response"}}'::json
+                    when vals is null then '{{"message": "the response has no embedding"}}'::json
+                    when len(vals) != {size} then json_object('message', 'the embedding has '
+                        || len(vals) || ' values, not the ' || {size} || ' of its column')
+                end as error_json
+            from embed_base
         )
         """
     )
@@ -478,7 +576,7 @@ def ingest(
         this_job = f"(select * from {ident(history)} where job = {literal(job)})"
         con.execute("begin transaction")
         _claim(con, results_db, owner)
-        if on_schema_change == "new_table":
+        if on_schema_change == "new_table" or _vector_resized(con, table, "parsed"):
             _retire_if_changed(con, table, "parsed", _stamp())
         _ensure_table(con, history, "parsed", zstd=ZSTD_COLUMNS)
         _ensure_pointer(con, table)
@@ -796,6 +894,9 @@ def restore(
                 f"create or replace temp view kept as select * from read_parquet("
                 f"{literal(str(path))})"
             )
+            _sized_vectors(con, history, current, path)
+            if _vector_resized(con, table, "kept"):
+                _retire_if_changed(con, table, "kept", _stamp())
             _ensure_table(con, history, "kept", zstd=ZSTD_COLUMNS)
             con.execute(f"delete from {ident(history)} where job = ?", [label])
             con.execute(f"insert into {ident(history)} by name select * from kept")
@@ -811,6 +912,47 @@ def restore(
     finally:
         con.close()
     return written
+
+
+def _vector_size(con: Connection, relation: str) -> int | None:
+    """N of a FLOAT[N] ``embedding`` column of ``relation`` (a table, view or subquery)."""
+    found = re.fullmatch(r"FLOAT\[(\d+)\]", _types(con, relation).get("embedding", ""))
+    return int(found.group(1)) if found else None
+
+
+def _vector_resized(con: Connection, table: str, like: str) -> bool:
+    """Whether ``like``'s vectors have another size than those in ``table``'s history: then
+    the old tables are moved aside (``_retire_if_changed``), whatever on_schema_change says,
+    since vectors of two sizes neither compare nor share a FLOAT[N] column."""
+    history = tables.history(table)
+    if _kind(con, history) is None:
+        return False
+    new, old = _vector_size(con, like), _vector_size(con, ident(history))
+    return new is not None and old is not None and new != old
+
+
+def _sized_vectors(con: Connection, history: str, current: Path | None, path: Path) -> None:
+    """Give the ``kept`` view's vectors their FLOAT[N] back (Parquet keeps them as FLOAT[]):
+    N of the file's own vectors, else of history's column, else of the current request set
+    (a job whose lines all failed has no vector to tell)."""
+    if _types(con, "kept").get("embedding") != "FLOAT[]":
+        return
+    row = con.execute("select max(len(embedding)) from kept").fetchone()
+    size = int(row[0]) if row and row[0] else None
+    if size is None and _kind(con, history) is not None:
+        size = _vector_size(con, ident(history))
+    if size is None and current is not None and current.exists():
+        relation = f"read_parquet({literal(str(current))})"
+        if EMBED_DIMENSIONS_COLUMN in _types(con, f"(select * from {relation})"):
+            found = con.execute(
+                f"select max({ident(EMBED_DIMENSIONS_COLUMN)}) from {relation}"
+            ).fetchone()
+            size = int(found[0]) if found and found[0] else None
+    if size is not None:
+        con.execute(
+            "create or replace temp view kept as select * replace "
+            f"(embedding::FLOAT[{size}] as embedding) from read_parquet({literal(str(path))})"
+        )
 
 
 def run_query(

@@ -31,7 +31,13 @@ from runner.core import schema_types, template
 from runner.core.atomic import replacing
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
 from runner.core.paths import PathError, confine_file, confine_glob
-from runner.core.requests import CACHE_PLACEHOLDER, PARTS_OPEN, hash_salt, request_shape
+from runner.core.requests import (
+    CACHE_PLACEHOLDER,
+    EMBED_DIMENSIONS_COLUMN,
+    PARTS_OPEN,
+    hash_salt,
+    request_shape,
+)
 from runner.errors import ManifestError
 
 FORMATS = {
@@ -230,6 +236,34 @@ def _render_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
     return "concat(" + ", ".join(pieces or ["''"]) + ")"
 
 
+def _column(name: str, columns: list[tuple[str, str]], *, field: str, what: str) -> str:
+    """The source column called ``name`` (case-insensitively), as SQL; else a located error."""
+    names = {n.lower(): n for n, _ in columns}
+    if name.lower() not in names:
+        available = ", ".join(n for n, _ in columns)
+        raise ManifestError(f"no column {name!r} for {what} (columns: {available})", field=field)
+    return ident(names[name.lower()])
+
+
+def _embedding_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> tuple[str, str]:
+    """SQL for an embedding's per-row title (`` || ...``: ``,"title":<json>``, or nothing when
+    NULL) and for the set's vector-size column; two empty strings for generation."""
+    spec = manifest.spec
+    if spec.task != "embed":
+        return "", ""
+    title = ""
+    if spec.embedding is not None and spec.embedding.title_column is not None:
+        column = _column(
+            spec.embedding.title_column,
+            columns,
+            field="embedding.title_column",
+            what="the title",
+        )
+        named = literal(',"title":')
+        title = f" || coalesce({named} || to_json(cast({column} as varchar))::varchar, '')"
+    return title, f", {int(spec.dimensions or 0)}::integer as {ident(EMBED_DIMENSIONS_COLUMN)}"
+
+
 def _key_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
     key = manifest.spec.source.key
     if key is None:
@@ -355,7 +389,12 @@ def _templated(
     source_keys = f"(select {key} as key from {relation})"
     schema = manifest.spec.output_schema
     answers = {n.lower() for n, _ in schema_types.columns(schema)} if schema else set()
+    if manifest.spec.task == "embed":
+        answers.add("embedding")  # the vector's column
     extra, stored = _renamed(columns, answers)
+    title, dimensions = _embedding_sql(manifest, columns)
+    extra += dimensions
+    closing = (f"{literal(shape.close)}{title} || " if shape.close else "") + literal(shape.suffix)
     opening = literal(shape.prefix)
     assert manifest.spec.prompt is not None
     if manifest.spec.prompt.media:
@@ -375,7 +414,7 @@ def _templated(
                strlen(request) as request_bytes{extra}
         from (
             select {key} as key,
-                   {opening} || to_json({text})::varchar || {literal(shape.suffix)} as request,
+                   {opening} || to_json({text})::varchar || {closing} as request,
                    *
             from {relation}
         )
@@ -422,9 +461,11 @@ def _passthrough(
         raise ManifestError(
             f"line {bad[0]} of {path.name} has no request object", field="source.requests"
         )
+    _, dimensions = _embedding_sql(manifest, [])
     select = f"""
         select key, sha256({literal(salt)} || request::varchar) as request_hash,
                request::varchar as request, strlen(request::varchar) as request_bytes
+               {dimensions}
         from lines
         """
     return select, "(select key from lines order by row_number)", []

@@ -185,6 +185,14 @@ migration(
     alter table caches add column cost_usd real not null default 0;
     """,
 )
+# What a job's requests ask for: "generate" (answers) or "embed" (vectors; an embeddings
+# batch is created by another call). Every job recorded before this column generated.
+migration(
+    "job-task",
+    """
+    alter table jobs add column task text not null default 'generate';
+    """,
+)
 
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
 JOB_KINDS = ("batch", "reuse")
@@ -225,6 +233,7 @@ class JobRow:
     input_expires: str | None
     lookup_since: str | None
     cancel_reason: str | None
+    task: str = "generate"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))

@@ -72,7 +72,13 @@ class KeylessBackend:
         raise self._refuse()
 
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         raise self._refuse()
 

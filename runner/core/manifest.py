@@ -3,6 +3,8 @@
 Two shapes are accepted (see ``runner.core.loader``): the full envelope
 (``apiVersion`` / ``kind`` / ``metadata`` / ``spec``) and a short form whose top level is the
 spec itself plus an optional ``name`` (so the seed's JSONL needs a three-line manifest).
+``task`` says what the rows become: ``generate`` (batchGenerateContent, the default) or
+``embed`` (asyncBatchEmbedContent: one vector per row, settings in the ``embedding`` block).
 Called by the loader (parsing), the data plane (sources, requests, results) and the engine.
 """
 
@@ -11,7 +13,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from runner.core.durations import parse_duration
 
@@ -286,9 +297,84 @@ class Policy(Strict):
         return value
 
 
+# The task types of EmbedContentRequest (ai.google.dev/api/embeddings#tasktype).
+TaskType = Literal[
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "RETRIEVAL_DOCUMENT",
+    "RETRIEVAL_QUERY",
+    "CODE_RETRIEVAL_QUERY",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+]
+# The vector size a model returns when the request names none (the models page: "Output
+# dimension size: flexible, supports 128 - 3072, recommended 768, 1536, 3072", default 3072
+# for gemini-embedding-001; gemini-embedding-2 likewise; 768 for the older text models).
+# Matched like prices: exact id, else the longest key that is a prefix of it.
+EMBEDDING_DEFAULT_DIMENSIONS = {
+    "gemini-embedding-001": 3072,
+    "gemini-embedding-2": 3072,
+    "text-embedding-004": 768,
+    "embedding-001": 768,
+}
+MAX_DIMENSIONS = 65_536  # far above any model's; keeps a typo from making a huge column
+EMBED_ONLY_TEXT = "does not apply to task: embed (one vector per row, from the template's text)"
+_UNKNOWN_SIZE = "the default vector size of {model} is not known: set embedding.dimensions"
+
+
+def default_dimensions(model: str) -> int | None:
+    """The vector size ``model`` returns by default; None when it is not known."""
+    model = model.removeprefix("models/")
+    found = [key for key in EMBEDDING_DEFAULT_DIMENSIONS if model.startswith(key)]
+    return EMBEDDING_DEFAULT_DIMENSIONS[max(found, key=len)] if found else None
+
+
+class Embedding(Strict):
+    """How each row is embedded (``task: embed``); the prompt template is the text."""
+
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DIMENSIONS,
+        description="Size of each vector (outputDimensionality); the results column is "
+        "FLOAT[dimensions]. Default: the model's own size (3072 for gemini-embedding-001).",
+        examples=[768],
+    )
+    task_type: TaskType | None = Field(
+        None,
+        description="What the vectors are for (taskType): RETRIEVAL_DOCUMENT for what is "
+        "searched, RETRIEVAL_QUERY for the questions, SEMANTIC_SIMILARITY, CLASSIFICATION, "
+        "CLUSTERING, ...",
+        examples=["RETRIEVAL_DOCUMENT"],
+    )
+    title_column: str | None = Field(
+        None,
+        description="Source column holding each row's title (sent as title; only with "
+        "task_type RETRIEVAL_DOCUMENT). A NULL title is left out.",
+        examples=["question"],
+    )
+
+    @model_validator(mode="after")
+    def _title_needs_documents(self) -> Embedding:
+        if self.title_column is not None and self.task_type != "RETRIEVAL_DOCUMENT":
+            raise ValueError(
+                "title_column applies only to task_type RETRIEVAL_DOCUMENT (the API reads a "
+                "title for documents only)"
+            )
+        return self
+
+
 class Spec(Strict):
     """What to run: the model, the rows and how each becomes a request."""
 
+    # ``task`` comes first: the fields after it are checked against it, each where written.
+    task: Literal["generate", "embed"] = Field(
+        "generate",
+        description="What each row becomes: an answer (generate, batchGenerateContent) or a "
+        "vector (embed, asyncBatchEmbedContent, into a FLOAT[N] column `embedding`).",
+        examples=["embed"],
+    )
     model: str = Field(
         pattern=r"^(models/)?[a-z0-9][a-z0-9.\-]*$",
         description="The Gemini model.",
@@ -307,6 +393,11 @@ class Spec(Strict):
         Generation(),
         description="Generation settings.",
         examples=[{"temperature": 0.2, "max_output_tokens": 256}],
+    )
+    embedding: Embedding | None = Field(
+        None,
+        description="Embedding settings (task: embed): vector size, task type, title column.",
+        examples=[{"dimensions": 768, "task_type": "RETRIEVAL_DOCUMENT"}],
     )
     output_schema: dict[str, Any] | None = Field(
         None,
@@ -344,6 +435,72 @@ class Spec(Strict):
         if self.output_schema is not None and self.output_schema.get("type") != "object":
             raise ValueError("output_schema must be a JSON Schema with type: object")
         return self
+
+    @field_validator("model")
+    @classmethod
+    def _model_fits_task(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("task") == "generate" and "embedding" in value:
+            raise ValueError(
+                f"{value.removeprefix('models/')} is an embedding model: add task: embed to "
+                "get vectors"
+            )
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_fits_task(cls, value: Prompt | None, info: ValidationInfo) -> Prompt | None:
+        if info.data.get("task") == "embed" and value is not None:
+            for name in ("system", "media"):
+                if getattr(value, name):
+                    raise ValueError(f"{name} {EMBED_ONLY_TEXT}")
+        return value
+
+    # Validated only when written: a generation setting written for an embedding is an error.
+    @field_validator("generation", "output_schema", "cache", "tools")
+    @classmethod
+    def _generation_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("task") == "embed":
+            raise ValueError(EMBED_ONLY_TEXT)
+        return value
+
+    @field_validator("embedding")
+    @classmethod
+    def _embedding_fits(cls, value: Embedding | None, info: ValidationInfo) -> Embedding | None:
+        if value is None:
+            return value
+        if info.data.get("task") != "embed":
+            raise ValueError("embedding applies only to task: embed")
+        source = info.data.get("source")
+        if value.title_column is not None and source is not None and source.requests is not None:
+            raise ValueError("title_column does not apply to source.requests: lines are sent as-is")
+        model = info.data.get("model")
+        if value.dimensions is None and model is not None and default_dimensions(model) is None:
+            raise ValueError(_UNKNOWN_SIZE.format(model=model.removeprefix("models/")))
+        return value
+
+    @model_validator(mode="after")
+    def _size_known(self) -> Spec:
+        if self.task == "embed" and self.dimensions is None:
+            raise ValueError(_UNKNOWN_SIZE.format(model=self.model_id))
+        return self
+
+    # A generation manifest dumps (and so digests) as it did before ``task`` existed: adding
+    # the embedding fields must not make every existing manifest a new version.
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and self.task == "generate":
+            data.pop("task", None)
+            data.pop("embedding", None)
+        return data
+
+    @property
+    def dimensions(self) -> int | None:
+        """The embedding's vector size: declared, else the model's default (``task: embed``)."""
+        if self.task != "embed":
+            return None
+        declared = self.embedding.dimensions if self.embedding else None
+        return declared or default_dimensions(self.model_id)
 
     @property
     def model_id(self) -> str:

@@ -48,11 +48,19 @@ class Jobs(Protocol):
     """Batch jobs: created once per intent, listed, followed, cancelled, downloaded."""
 
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         """Create a batch job from an uploaded file or from a small local JSONL sent inline.
 
-        Never retried here: an unclear outcome raises UnclearCreateError.
+        ``task``: ``generate`` (GenerateContent requests) or ``embed`` (EmbedContent
+        requests: an embeddings batch). Never retried here: an unclear outcome raises
+        UnclearCreateError.
         """
         ...
 

@@ -162,6 +162,7 @@ def _create(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
             display_name=job.display_name,
             src_file=None if job.inline else job.input_file,
             inline=_input_path(rt, job) if job.inline else None,
+            task=job.task,
         )
     except UnclearCreateError:
         found = (_look_for(rt, {job.display_name}) or {}).get(job.display_name)

@@ -18,6 +18,7 @@ from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
 from runner.core.pricing import Storage
+from runner.core.requests import token_contents
 from runner.engine import caching, integrity, lifecycle
 from runner.engine.lifecycle import result_path
 from runner.engine.runtime import Runtime, fields, log
@@ -193,11 +194,10 @@ def _estimate(
             sample = ledger.sample_requests(
                 desired=desired, to_submit=to_submit, limit=COUNT_TOKENS_SAMPLE
             )
-            counted = sum(
-                rt.backend.count_tokens(model=spec.model_id, contents=json.loads(r)["contents"])
-                for r in sample
-            )
-            chars = sum(len(json.dumps(json.loads(r)["contents"])) for r in sample)
+            contents = [token_contents(json.loads(r)) for r in sample]
+            model = spec.model_id
+            counted = sum(rt.backend.count_tokens(model=model, contents=c) for c in contents)
+            chars = sum(len(json.dumps(c)) for c in contents)
             if counted and chars:
                 tokens_per_char = counted / chars
                 basis = f"countTokens on {len(sample)} requests, scaled by characters"
@@ -206,6 +206,8 @@ def _estimate(
     requests = diff.submit_requests
     input_tokens = int(diff.submit_chars * tokens_per_char)
     per_request = spec.generation.max_output_tokens or ASSUMED_OUTPUT_TOKENS
+    if spec.task == "embed":
+        per_request = 0  # a vector is not billed as output
     cached = cache.tokens if cache is not None and requests else 0
     price = rt.prices.for_model(spec.model)
     storage = None
@@ -297,6 +299,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
                 "bytes": chunk.bytes,
                 "input_tokens_est": int(chunk.bytes * plan.estimate.tokens_per_char),
                 "cache_digest": plan.cache_digest,
+                "task": manifest.spec.task,
             }
         )
     if intents:
