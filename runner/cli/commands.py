@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters import results, sources
-from runner.adapters.gemini import GeminiBackend
+from runner.adapters.backends import backend_for
 from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.metrics import MetricsServer
 from runner.adapters.state import JobRow, ProcessLock, StateStore
@@ -40,7 +40,7 @@ from runner.errors import (
     PermanentBackendError,
     TransientBackendError,
 )
-from runner.settings import Settings, retry_policy
+from runner.settings import Settings
 
 MAX_WAIT_ROUNDS = 20  # plan -> run -> ingest rounds in one apply --wait (retries need rounds)
 
@@ -55,20 +55,8 @@ def runtime(
     settings: Settings, *, work_dir: Path | None = None, clock: Clock | None = None
 ) -> Iterator[Runtime]:
     clock = clock or SystemClock()
+    backend = backend_for(settings)  # GBATCH_BACKEND: gemini | vertex
     state = StateStore(settings.state_db, clock=clock)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    if not key:
-        raise GbatchError(
-            "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY); for the local emulator any "
-            "value works"
-        )
-    backend = GeminiBackend(
-        api_key=key,
-        base_url=settings.base_url,
-        api_version=settings.api_version,
-        timeout_s=settings.http_timeout_s,
-        retry=retry_policy(settings),
-    )
     try:
         yield Runtime(
             settings=settings,
@@ -87,7 +75,7 @@ def _private(settings: Settings) -> tuple[Path, ...]:
 
 
 def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
-    loaded, errors = validate(paths, forbidden=_private(settings))
+    loaded, errors = validate(paths, forbidden=_private(settings), backend=settings.backend)
     loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     if errors:
         raise ManifestErrors(errors)
@@ -95,7 +83,7 @@ def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    loaded, errors = validate(args.paths, forbidden=_private(settings))
+    loaded, errors = validate(args.paths, forbidden=_private(settings), backend=settings.backend)
     loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     for error in sorted(errors, key=str):
         print(error, file=sys.stderr)
