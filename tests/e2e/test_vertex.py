@@ -224,3 +224,19 @@ def test_media_travel_as_gs_uris(
     (uri,) = uris  # one upload for the two rows
     assert uri.startswith(f"{STAGING}/media/")
     assert storage.names("runs/media/") == []  # deleted once no job needs it
+
+
+@pytest.mark.parametrize("outcome", ["FAILED", "EXPIRED"])
+def test_a_failed_or_expired_vertex_job_is_resubmitted_once(
+    vertex: Gbatch, emulator: Emulator, outcome: str
+) -> None:
+    numbers(vertex, 5)
+    emulator.add_fault(Fault(endpoint="batchPredictionJobs.create", job_outcome=outcome, times=1))
+    result = vertex("apply", "manifests", "--wait")
+    assert result.code == 0, result.err
+    assert emulator.count("batchPredictionJobs.create") == 2
+    assert vertex.sql("select count(*) filter (status = 'succeeded') from nums") == [(5,)]
+    errors = vertex.sql(
+        "select distinct error->>'status' from nums_history where status = 'failed'"
+    )
+    assert errors == [(f"JOB_{outcome}",)]
