@@ -228,6 +228,15 @@ def runner_line(line: dict[str, Any]) -> dict[str, Any] | None:
     return {"key": key, "response": response}
 
 
+def _parsed(raw: str) -> dict[str, Any] | None:
+    """``runner_line`` of one raw output line; None when it is not a JSON object either."""
+    try:
+        line = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return runner_line(line) if isinstance(line, dict) else None
+
+
 def line_error(status: Any) -> dict[str, Any]:
     """A failed output line's ``status`` as a google.rpc.Status-like error.
 
@@ -451,7 +460,8 @@ class VertexBackend:
 
         Reads every ``*.jsonl`` object under the job's output directory, in name order. A
         key answered twice (a file repeated) is written once, an answer winning over an
-        error. A line whose key cannot be read is never guessed at: the raw lines are kept
+        error. A line whose key cannot be read (or that is not JSON) is never guessed at: the
+        raw lines are kept
         beside ``dest`` (``<dest>.raw.jsonl``) and :class:`ResultsMismatchError` raised.
         ``keys`` (inline jobs) does not apply: Vertex has none.
         """
@@ -488,7 +498,7 @@ class VertexBackend:
                         for raw in lines:
                             if not raw.strip():
                                 continue
-                            line = runner_line(json.loads(raw))
+                            line = _parsed(raw)
                             if line is None:
                                 unmatched.append(raw.rstrip("\n"))
                             elif "response" in line and line["key"] not in answered:

@@ -111,9 +111,13 @@ class Storage:
         boundary = "gbatch-" + secrets.token_hex(8)
         metadata = json.dumps({"name": name, "contentType": content_type})
         body = (
-            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
-            f"{metadata}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
-        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+                f"{metadata}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         url = f"{self.base_url}/upload/storage/v1/b/{quote(bucket)}/o?uploadType=multipart"
         headers = {"Content-Type": f'multipart/related; boundary="{boundary}"'}
         self._call(urllib.request.Request(url, data=body, method="POST", headers=headers))

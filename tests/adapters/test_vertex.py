@@ -234,7 +234,7 @@ def test_an_output_line_without_a_key_is_kept_raw_never_guessed(
 ) -> None:
     directory = "runs/outputs/k/prediction-model-x"
     line = {"status": "", "request": ask("who?"), "response": {"candidates": []}}
-    storage.write(f"{directory}/predictions.jsonl", (json.dumps(line) + "\n").encode())
+    storage.write(f"{directory}/predictions.jsonl", (json.dumps(line) + "\n{cut\n").encode())
     job = RemoteJob(
         name="projects/1/locations/l/batchPredictionJobs/3",
         display_name="k",
@@ -245,7 +245,8 @@ def test_an_output_line_without_a_key_is_kept_raw_never_guessed(
     with pytest.raises(ResultsMismatchError, match="carry no gbatch key") as caught:
         backend.download_results(job, dest)
     assert not dest.exists()
-    assert caught.value.raw_path.read_text().strip() == json.dumps(line)
+    assert caught.value.raw_path.read_text().splitlines() == [json.dumps(line), "{cut"]
+    assert "2 output line(s)" in str(caught.value)
 
 
 # -- errors --------------------------------------------------------------------------------
