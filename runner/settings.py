@@ -65,6 +65,35 @@ class Settings(BaseSettings):
         None, description="GBATCH_UI_TOKEN: the status page asks callers for it off loopback."
     )
     log_format: Literal["text", "json"] = "text"
+    # -- the backend: the Gemini Developer API, or Gemini on Vertex AI -------------------------
+    backend: Literal["gemini", "vertex"] = Field(
+        "gemini", description="Which service runs the batch jobs (runner/adapters/backends.py)."
+    )
+    vertex_project: str | None = Field(
+        None,
+        validation_alias=AliasChoices("GBATCH_VERTEX_PROJECT", "GOOGLE_CLOUD_PROJECT"),
+        description="The Google Cloud project (else the one Application Default Credentials name).",
+    )
+    vertex_location: str = Field(
+        "us-central1",
+        validation_alias=AliasChoices("GBATCH_VERTEX_LOCATION", "GOOGLE_CLOUD_LOCATION"),
+        description="The Vertex AI region the batch jobs run in.",
+    )
+    vertex_staging: str | None = Field(
+        None,
+        description="gs://bucket/prefix where gbatch writes input JSONL and media, and "
+        "Vertex AI writes the results.",
+    )
+    vertex_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("GBATCH_VERTEX_BASE_URL", "GOOGLE_VERTEX_BASE_URL"),
+        description="Another Vertex AI endpoint (a proxy, the emulator).",
+    )
+    vertex_access_token: SecretStr | None = Field(
+        None,
+        description="An OAuth access token to use instead of Application Default Credentials "
+        "(e.g. from `gcloud auth print-access-token`; it is not refreshed).",
+    )
 
     @property
     def state_db(self) -> Path:

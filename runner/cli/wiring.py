@@ -13,25 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from runner.adapters import sources
-from runner.adapters.gemini import GeminiBackend
+from runner.adapters.backends import backend_for
 from runner.adapters.state import StateStore
 from runner.cli.exits import UsageError
 from runner.core.clock import Clock, SystemClock
 from runner.core.jobs import RemoteJob
 from runner.core.loader import LoadedManifest
-from runner.core.ports import UploadedFile
+from runner.core.ports import Backend, UploadedFile
 from runner.core.pricing import load_prices
 from runner.engine import integrity
 from runner.engine.runtime import Runtime
 from runner.engine.selection import Selector
 from runner.engine.validate import validate
 from runner.errors import GbatchError, ManifestError, ManifestErrors, PermanentBackendError
-from runner.settings import Settings, retry_policy
-
-NO_KEY = (
-    "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY); for the local emulator any value works"
-)
-
+from runner.settings import Settings
 
 CliSettings = Settings  # the commands' settings: runner.settings.Settings, the one class
 
@@ -123,21 +118,12 @@ def runtime(
     need_key: bool = True,
 ) -> Iterator[Runtime]:
     clock = clock or SystemClock()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    if need_key and not key:
-        raise GbatchError(NO_KEY)
-    state = StateStore(settings.state_db, clock=clock)
-    backend = (
-        GeminiBackend(
-            api_key=key,
-            base_url=settings.base_url,
-            api_version=settings.api_version,
-            timeout_s=settings.http_timeout_s,
-            retry=retry_policy(settings),
-        )
-        if need_key and key
+    backend: Backend = (
+        backend_for(settings)  # GBATCH_BACKEND: gemini | vertex; says what is missing
+        if need_key
         else KeylessBackend("this command does not call the API")
     )
+    state = StateStore(settings.state_db, clock=clock)
     try:
         yield Runtime(
             settings=settings,
@@ -168,7 +154,7 @@ def checked(
 ) -> tuple[list[LoadedManifest], list[ManifestError]]:
     """Every manifest under ``paths`` that is valid, and every problem: its data (away from
     gbatch's own files) and its table name against every table the state knows."""
-    loaded, errors = validate(paths, forbidden=private(settings))
+    loaded, errors = validate(paths, forbidden=private(settings), backend=settings.backend)
     loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     return loaded, errors
 

@@ -20,6 +20,10 @@ jobs with EmbedContent lines (deterministic unit vectors, ``tokenCount``); they 
 ``batches.create`` and take the same faults (``match=":asyncBatchEmbedContent"`` narrows a
 call fault to them).
 
+The Vertex AI mode (``runner.emulator.vertex``) serves batchPredictionJobs under
+``/v1/projects/{p}/locations/{l}/...`` on the same port, reading inputs from and writing outputs
+to a Cloud Storage emulator (``EmulatorConfig.storage_url`` or ``STORAGE_EMULATOR_HOST``).
+
 Faults (``Emulator.add_fault``, or POST the same fields as JSON to ``/_emulator/faults``).
 Each applies to the first ``times`` matching calls (default 1; None: every one); ``endpoint``
 names the call (``files.upload``, ``files.download``, ``batches.create``, ``batches.list``,
@@ -49,6 +53,7 @@ Job faults (endpoint ``batches.create``; they shape the job created):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -59,6 +64,7 @@ from types import TracebackType
 
 from runner.emulator.server import Call, EmulatorHTTPServer
 from runner.emulator.service import Fault, Service, default_clock, fault_from
+from runner.emulator.vertex import VertexJobs
 
 __all__ = ["Call", "Emulator", "EmulatorConfig", "Fault", "parse_fault", "serve_forever"]
 
@@ -75,6 +81,11 @@ class EmulatorConfig:
     clock: Callable[[], float] = field(default=default_clock)
     # Faults in force from the start, as if added with add_fault (``gbatch emulator --fault``).
     faults: tuple[Fault, ...] = ()
+    # The Vertex AI mode's Cloud Storage (a GCS JSON API, e.g. gcp-storage-emulator); None:
+    # the STORAGE_EMULATOR_HOST environment variable, if set.
+    storage_url: str | None = None
+    # Lines per Vertex output file; 0: one predictions.jsonl per job.
+    vertex_lines_per_file: int = 0
 
 
 class Emulator:
@@ -94,7 +105,14 @@ class Emulator:
             seed=self.config.seed,
             clock=self.config.clock,
         )
-        self._server = EmulatorHTTPServer((self.config.host, self.config.port), self.service)
+        self.vertex = VertexJobs(
+            self.service,
+            storage_url=self.config.storage_url or os.environ.get("STORAGE_EMULATOR_HOST"),
+            lines_per_file=self.config.vertex_lines_per_file,
+        )
+        self._server = EmulatorHTTPServer(
+            (self.config.host, self.config.port), self.service, self.vertex
+        )
         self._thread: threading.Thread | None = None
         for fault in self.config.faults:
             self.add_fault(replace(fault))  # a copy: taking a fault counts its times down

@@ -1,7 +1,9 @@
 """The emulator's HTTP surface: the Gemini REST paths the SDK calls, over ``http.server``.
 
 Routes ``/v1beta/...`` and ``/v1/...`` (files, resumable upload, download, batches, caches,
-countTokens) to ``runner.emulator.service``; answers in the Google error envelope; applies
+countTokens) to ``runner.emulator.service``, and the Vertex AI paths
+(``/v1/projects/{p}/locations/{l}/batchPredictionJobs...``, countTokens) to
+``runner.emulator.vertex``; answers in the Google error envelope; applies
 injected faults (status codes, hangs, dropped connections, truncated downloads, an upload
 refused in a 200 body); records every call. ``/_emulator/...`` lets another process inject
 faults and read the record.
@@ -24,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 
 from runner.emulator.model import contents_text, count_tokens, is_embedding_model
 from runner.emulator.service import INLINE_LIMIT, ApiError, Fault, Service, Upload, fault_from
+from runner.emulator.vertex import VertexJobs
 
 CHUNK = 1 << 20
 STATUS_NAMES = {
@@ -38,6 +41,8 @@ STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 MODEL = r"(?:models/)?([a-z0-9][a-z0-9.\-]*)"
+VERSIONS = ("v1", "v1beta", "v1beta1")
+VERTEX = r"/(v1|v1beta1)/projects/([^/]+)/locations/([^/]+)"
 ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/upload/(v1beta|v1)/files", "files.upload"),
     ("GET", r"/(v1beta|v1)/files/([^/:]+)", "files.get"),
@@ -58,6 +63,16 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", r"/(v1beta|v1)/cachedContents", "caches.list"),
     ("PATCH", r"/(v1beta|v1)/cachedContents/([^/:]+)", "caches.update"),
     ("DELETE", r"/(v1beta|v1)/cachedContents/([^/:]+)", "caches.delete"),
+    ("POST", rf"{VERTEX}/batchPredictionJobs", "batchPredictionJobs.create"),
+    ("GET", rf"{VERTEX}/batchPredictionJobs", "batchPredictionJobs.list"),
+    ("GET", rf"{VERTEX}/batchPredictionJobs/([^/:]+)", "batchPredictionJobs.get"),
+    ("POST", rf"{VERTEX}/batchPredictionJobs/([^/:]+):cancel", "batchPredictionJobs.cancel"),
+    ("DELETE", rf"{VERTEX}/batchPredictionJobs/([^/:]+)", "batchPredictionJobs.delete"),
+    (
+        "POST",
+        rf"{VERTEX}/publishers/google/models/([^/:]+):countTokens",
+        "publisherModels.countTokens",
+    ),
     ("GET", r"/_emulator/calls", "admin.calls"),
     ("POST", r"/_emulator/faults", "admin.faults"),
     ("POST", r"/_emulator/advance", "admin.advance"),
@@ -148,8 +163,9 @@ class Handler(BaseHTTPRequestHandler):
             fault = None
             if not endpoint.startswith("admin."):
                 key = self.headers.get("x-goog-api-key")
-                if not key and "upload_id" not in query:  # the upload URL is the credential
-                    raise ApiError(403, "PERMISSION_DENIED", "API key missing")
+                bearer = self.headers.get("Authorization", "").startswith("Bearer ")  # Vertex
+                if not key and not bearer and "upload_id" not in query:  # the upload URL is
+                    raise ApiError(403, "PERMISSION_DENIED", "API key missing")  # a credential
                 finalize = "upload_id" in query and "finalize" in self.headers.get(
                     "X-Goog-Upload-Command", ""
                 )
@@ -185,7 +201,7 @@ class Handler(BaseHTTPRequestHandler):
             match = re.fullmatch(pattern, path)
             if verb == method and match:
                 groups = match.groups()
-                return endpoint, groups[1:] if groups and groups[0] in ("v1", "v1beta") else groups
+                return endpoint, groups[1:] if groups and groups[0] in VERSIONS else groups
         return "unknown", ()
 
     def _unknown(self, **_: Any) -> None:
@@ -464,6 +480,40 @@ class Handler(BaseHTTPRequestHandler):
             service.caches.pop(cache_id, None)
         return {}
 
+    # -- Vertex AI (runner.emulator.vertex) ------------------------------------------------
+    def _batchPredictionJobs_create(self, project: str, location: str, **_: Any) -> Any:
+        vertex = self.server.vertex
+        return vertex.job_json(vertex.create(project, location, self._body()))
+
+    def _batchPredictionJobs_get(self, project: str, location: str, job_id: str, **_: Any) -> Any:
+        vertex = self.server.vertex
+        return vertex.job_json(vertex.get(project, location, job_id))
+
+    def _batchPredictionJobs_list(
+        self, project: str, location: str, *, query: dict[str, list[str]], **_: Any
+    ) -> Any:
+        vertex = self.server.vertex
+        jobs = vertex.listing(project, location, query.get("filter", [""])[0])
+        return _page([vertex.job_json(j) for j in jobs], query, "batchPredictionJobs")
+
+    def _batchPredictionJobs_cancel(
+        self, project: str, location: str, job_id: str, **_: Any
+    ) -> Any:
+        self._body()
+        self.server.vertex.cancel(project, location, job_id)
+        return {}
+
+    def _batchPredictionJobs_delete(
+        self, project: str, location: str, job_id: str, **_: Any
+    ) -> Any:
+        self.server.vertex.delete(project, location, job_id)
+        return {}
+
+    def _publisherModels_countTokens(self, *_: str, **__: Any) -> Any:
+        contents = self._body().get("contents", [])
+        tokens = count_tokens(contents_text(contents))
+        return {"totalTokens": tokens, "totalBillableCharacters": len(contents_text(contents))}
+
     # -- admin -------------------------------------------------------------------------------
     def _admin_calls(self, **_: Any) -> Any:
         return [asdict(c) for c in self.server.calls_snapshot()]
@@ -490,9 +540,12 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], service: Service) -> None:
+    def __init__(
+        self, address: tuple[str, int], service: Service, vertex: VertexJobs | None = None
+    ) -> None:
         super().__init__(address, Handler)
         self.service = service
+        self.vertex = vertex or VertexJobs(service, storage_url=None, lines_per_file=0)
         self.stopping = threading.Event()
         self._calls: list[Call] = []
         self._calls_lock = threading.Lock()

@@ -220,7 +220,12 @@ class Daemon:
                 self.rt.state.clear_invalid({str(item.path)})
                 continue
             try:
-                problem = check_data(item, forbidden=self.rt.private, cancel=self.stop)
+                problem = check_data(
+                    item,
+                    forbidden=self.rt.private,
+                    cancel=self.stop,
+                    backend=self.rt.settings.backend,
+                )
             except QueryStopped:
                 return  # stopping: nothing is wrong with the manifest
             if problem is not None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.adapters import sources
+from runner.adapters import backends, sources
 from runner.core.loader import LoadedManifest, load_paths
 from runner.engine import caching
 from runner.errors import ManifestError
@@ -34,12 +34,18 @@ def check_data(
     *,
     forbidden: Sequence[Path] = (),
     cancel: threading.Event | None = None,
+    backend: str = "gemini",
 ) -> ManifestError | None:
     """Build the request set in a scratch directory; the first data problem, located.
 
     ``forbidden``: files no source may read (``sources.private_paths``); ``cancel`` stops a
-    running query source (it then raises ``query_source.QueryStopped``).
+    running query source (it then raises ``query_source.QueryStopped``); ``backend``
+    (``settings.backend``): what it cannot run is refused first.
     """
+    # the backend hook: a field the chosen backend cannot run (Vertex: a cache block)
+    refused = backends.refusal(backend, loaded.manifest)
+    if refused is not None:
+        return locate(loaded, refused)
     with tempfile.TemporaryDirectory(prefix="gbatch-validate-") as scratch:
         try:
             if loaded.manifest.spec.cache is not None:
@@ -62,13 +68,13 @@ def check_data(
 
 
 def validate(
-    paths: Sequence[Path], *, forbidden: Sequence[Path] = ()
+    paths: Sequence[Path], *, forbidden: Sequence[Path] = (), backend: str = "gemini"
 ) -> tuple[list[LoadedManifest], list[ManifestError]]:
     """Every manifest under ``paths`` that is fully valid, and every error found."""
     loaded, errors = load_paths(paths)
     good = []
     for item in loaded:
-        problem = check_data(item, forbidden=forbidden)
+        problem = check_data(item, forbidden=forbidden, backend=backend)
         if problem is None:
             good.append(item)
         else:
