@@ -129,7 +129,7 @@ def cmd_plan(
     output: str,
 ) -> Outcome:
     loaded = validated(paths, selector(selectors), settings)
-    if count_tokens and settings.api_key is None:
+    if count_tokens and settings.backend == "gemini" and settings.api_key is None:
         raise UsageError(
             "plan counts tokens with the API and there is no API key: set GEMINI_API_KEY, or "
             "pass --no-count-tokens to estimate locally"
