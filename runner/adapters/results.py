@@ -11,10 +11,11 @@ Called by the engine (ingest, show_current) and the CLI (run_query).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from runner import crashpoints
 from runner.adapters.duck import (
@@ -28,7 +29,9 @@ from runner.adapters.duck import (
     single_select,
 )
 from runner.core import schema_types
+from runner.core.ports import Table
 from runner.core.pricing import Price
+from runner.core.records import IngestSummary
 from runner.errors import GbatchError, StoreError
 
 OK_FINISH = ("STOP", "MAX_TOKENS")
@@ -72,16 +75,52 @@ class QueryError(GbatchError):
     """The user's SQL was refused or failed."""
 
 
+__all__ = ["IngestSummary"]  # defined in the core: every result store returns one
+T = TypeVar("T")
+
+
+# -- where the tables live (#18): a DuckDB file, or another catalog behind an Opener -------
+class Opener(Protocol):
+    """Opens connections whose current database holds the result tables (the SQL below
+    names tables unqualified). ``runner.adapters.lake.LakeOpener`` is the other one."""
+
+    def connect(self, *, read_only: bool, wait_s: float = 0.0) -> Connection: ...
+
+    def exists(self) -> bool:
+        """Whether there can be tables yet (a file not yet written: no)."""
+        ...
+
+
 @dataclass(frozen=True)
-class IngestSummary:
-    rows: int
-    succeeded: int
-    failed: int
-    missing_keys: int
-    unknown_keys: int
-    cost_usd: float
-    prompt_tokens: int
-    output_tokens: int
+class DuckFile:
+    """The default: one DuckDB file, opened only for the length of one write."""
+
+    path: Path
+
+    def connect(self, *, read_only: bool, wait_s: float = 0.0) -> Connection:
+        return open_file(self.path, read_only=read_only, wait_s=wait_s)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _target(results_db: Path | Opener) -> Opener:
+    return DuckFile(results_db) if isinstance(results_db, Path) else results_db
+
+
+def _in_lake(con: Connection) -> bool:
+    """Whether the current database is a DuckLake (Parquet files: no per-column compression
+    clause, and a column type changes only by widening, so text is made by a rewrite)."""
+    row = con.execute(
+        "select type from duckdb_databases() where database_name = current_database()"
+    ).fetchone()
+    return row is not None and row[0] == "ducklake"
+
+
+# -----------------------------------------------------------------------------------------
 
 
 def _parse(
@@ -229,19 +268,33 @@ def _ensure_table(con: Connection, table: str, like: str, *, zstd: tuple[str, ..
     values (callers that want a fresh table call ``_retire_if_changed`` first). Columns
     named in ``zstd`` are created zstd-compressed.
     """
+    lake = _in_lake(con)  # #18
     if _kind(con, table) is None:
         columns = ", ".join(
-            f"{ident(name)} {kind}" + (" using compression zstd" if name in zstd else "")
+            f"{ident(name)} {kind}"
+            + (" using compression zstd" if name in zstd and not lake else "")
             for name, kind in _types(con, like).items()
         )
         con.execute(f"create table {ident(table)} ({columns})")
         return
     have = _types(con, ident(table))
+    widen = []
     for name, kind in _types(con, like).items():
         if name not in have:
             con.execute(f"alter table {ident(table)} add column {ident(name)} {kind}")
         elif have[name] != kind and have[name] != "VARCHAR":
+            widen.append(name)
+    if widen and not lake:
+        for name in widen:
             con.execute(f"alter table {ident(table)} alter column {ident(name)} type VARCHAR")
+    elif widen:  # #18: a lake table is rewritten with those columns as text
+        casts = ", ".join(f"{ident(n)}::varchar as {ident(n)}" for n in widen)
+        con.execute(
+            f"create table {ident(table + '__widened')} as "
+            f"select * replace ({casts}) from {ident(table)}"
+        )
+        con.execute(f"drop table {ident(table)}")
+        con.execute(f"alter table {ident(table + '__widened')} rename to {ident(table)}")
 
 
 def _retire_if_changed(con: Connection, table: str, like: str, stamp: str) -> None:
@@ -298,7 +351,7 @@ def _show_pointed(con: Connection, table: str) -> None:
 
 def ingest(
     *,
-    results_db: Path,
+    results_db: Path | Opener,
     table: str,
     result_file: Path,
     requests: Path,
@@ -319,7 +372,7 @@ def ingest(
     ``on_schema_change``: ``add_columns`` widens a column whose type changed to text;
     ``new_table`` renames the old tables to ``<name>_until_<time>`` and starts new ones.
     """
-    con = open_file(results_db, read_only=False)
+    con = _target(results_db).connect(read_only=False)
     try:
         _parse(
             con,
@@ -436,11 +489,12 @@ def _write_sources(con: Connection, table: str, job: str, this_job: str) -> None
         con.execute(f"insert into {ident(table)} by name select * from grounding")
 
 
-def show_current(*, results_db: Path, table: str, current: Path) -> None:
+def show_current(*, results_db: Path | Opener, table: str, current: Path) -> None:
     """Point ``table`` at the newest answer of each (key, hash) of the current version."""
-    if not results_db.exists():
+    target = _target(results_db)
+    if not target.exists():
         return
-    con = open_file(results_db, read_only=False)
+    con = target.connect(read_only=False)
     try:
         history = f"{table}_history"
         if _kind(con, history) is None:
@@ -467,7 +521,7 @@ def show_current(*, results_db: Path, table: str, current: Path) -> None:
 
 
 def run_query(
-    results_db: Path,
+    results_db: Path | Opener,
     sql: str,
     *,
     extra_tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] | None = None,
@@ -477,7 +531,8 @@ def run_query(
     problem = single_select(sql)
     if problem:
         raise QueryError(problem)
-    con = open_file(results_db, read_only=True, wait_s=10) if results_db.exists() else memory()
+    target = _target(results_db)
+    con = target.connect(read_only=True, wait_s=10) if target.exists() else memory()
     try:
         for name, (columns, rows) in (extra_tables or {}).items():
             con.execute(_temp_table_sql(name, columns, rows))
@@ -508,3 +563,61 @@ def _temp_table_sql(name: str, columns: list[str], rows: list[tuple[Any, ...]]) 
 
 
 _SQL_TYPES = {int: "BIGINT", float: "DOUBLE", bool: "BOOLEAN", str: "VARCHAR"}
+
+
+class ResultsDb:
+    """The result-store port (``runner.core.ports.ResultStore``) over this module's functions,
+    on a DuckDB file or on another Opener. A new store operation is a function above taking
+    ``results_db`` and one method here passing ``self.target`` (through ``_write`` when it
+    writes: a lake retries there on commit conflicts)."""
+
+    def __init__(self, target: Path | Opener) -> None:
+        self.target = target
+
+    def _write(self, work: Callable[[], T]) -> T:
+        return work()
+
+    def ingest(
+        self,
+        *,
+        table: str,
+        result_file: Path,
+        requests: Path,
+        current: Path | None,
+        output_schema: dict[str, Any] | None,
+        price: Price | None,
+        job: str,
+        manifest: str,
+        manifest_version: str,
+        commit: str | None,
+        paid: bool = True,
+        on_schema_change: str = "add_columns",
+    ) -> IngestSummary:
+        return self._write(
+            lambda: ingest(
+                results_db=self.target,
+                table=table,
+                result_file=result_file,
+                requests=requests,
+                current=current,
+                output_schema=output_schema,
+                price=price,
+                job=job,
+                manifest=manifest,
+                manifest_version=manifest_version,
+                commit=commit,
+                paid=paid,
+                on_schema_change=on_schema_change,
+            )
+        )
+
+    def show_current(self, *, table: str, current: Path) -> None:
+        self._write(lambda: show_current(results_db=self.target, table=table, current=current))
+
+    def run_query(
+        self, sql: str, *, extra_tables: dict[str, Table] | None = None, max_rows: int = 10_000
+    ) -> Table:
+        return run_query(self.target, sql, extra_tables=extra_tables, max_rows=max_rows)
+
+    def describe(self) -> list[str]:
+        return []  # a file has nothing to add to `gbatch status`
