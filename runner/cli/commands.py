@@ -15,13 +15,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.adapters import results
 from runner.adapters.gemini import GeminiBackend
 from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.metrics import MetricsServer
-from runner.adapters.state import JobRow, ProcessLock, StateStore
+from runner.adapters.state import JobRow
 from runner.cli import render
 from runner.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from runner.cli.wiring import (
+    leadership_for,
+    open_results,
+    open_state,
+    process_lock,
+    state_lines,
+)
 from runner.core.clock import Clock, SystemClock
 from runner.core.durations import parse_duration
 from runner.core.lifecycle import TO_SUBMIT, Phase
@@ -35,6 +41,7 @@ from runner.engine.runtime import Runtime
 from runner.engine.validate import validate
 from runner.errors import (
     GbatchError,
+    LockedError,
     ManifestErrors,
     PermanentBackendError,
     TransientBackendError,
@@ -51,16 +58,23 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 @contextmanager
 def runtime(
-    settings: Settings, *, work_dir: Path | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    work_dir: Path | None = None,
+    clock: Clock | None = None,
+    lead: bool = False,
 ) -> Iterator[Runtime]:
+    """The wired Runtime; ``lead``: take the lead of a shared state now (LockedError when
+    another process leads it), as ``apply`` must; ``watch`` waits for it in the daemon."""
     clock = clock or SystemClock()
-    state = StateStore(settings.state_db, clock=clock)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if not key:
         raise GbatchError(
             "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY); for the local emulator any "
             "value works"
         )
+    state = open_state(settings, clock=clock)
+    leadership = leadership_for(state)
     backend = GeminiBackend(
         api_key=key,
         base_url=settings.base_url,
@@ -69,6 +83,11 @@ def runtime(
         retry=retry_policy(settings),
     )
     try:
+        if lead and not leadership.lead():
+            raise LockedError(
+                f"{leadership.holder() or 'another process'} leads the shared state; one "
+                "gbatch apply or watch acts on it at a time (the others stand by)"
+            )
         yield Runtime(
             settings=settings,
             state=state,
@@ -76,8 +95,11 @@ def runtime(
             prices=load_prices(settings.prices_file),
             work_dir=work_dir or settings.state_dir,
             clock=clock,
+            result_store=open_results(settings),
+            leadership=leadership,
         )
     finally:
+        leadership.release()
         state.close()
 
 
@@ -117,7 +139,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     loaded = _validated(args.paths)
     by_name = {item.manifest.name: item for item in loaded}
-    with ProcessLock(settings.state_dir), runtime(settings) as rt:
+    with process_lock(settings), runtime(settings, lead=True) as rt:
         progress = Progress(started=rt.clock.monotonic(), clock=rt.clock)
         for round_number in range(MAX_WAIT_ROUNDS):
             ingested_before = _ingested(rt)
@@ -239,7 +261,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         git=git,
         git_interval_s=_seconds(args.interval, "--interval"),
     )
-    with ProcessLock(settings.state_dir), runtime(settings) as rt:
+    with process_lock(settings), runtime(settings) as rt:
         daemon = Daemon(rt, options)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: daemon.stop.set())
@@ -270,12 +292,15 @@ def _seconds(text: str, option: str) -> float:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    state = StateStore(settings.state_db)
+    state = open_state(settings)
     try:
         manifests, jobs = state.manifests(), state.jobs()
         invalid, media_files = state.invalid_files(), state.media_files()
+        stores = state_lines(state) + open_results(settings).describe()
     finally:
         state.close()
+    for line in stores:
+        print(line)
     if not manifests and not invalid:
         print(f"no manifests applied yet (state: {settings.state_dir})")
         return EXIT_OK
@@ -293,12 +318,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    state = StateStore(settings.state_db)
+    state = open_state(settings)
     try:
         extra = state.tables()
     finally:
         state.close()
-    columns, rows = results.run_query(settings.db, args.sql, extra_tables=extra)
+    columns, rows = open_results(settings).run_query(args.sql, extra_tables=extra)
     formatter = {"table": render.table, "csv": render.as_csv, "json": render.as_json}
     print(formatter[args.format](columns, rows))
     return EXIT_OK

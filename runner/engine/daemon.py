@@ -20,7 +20,7 @@ from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
-from runner.engine import cycle, lifecycle, reconcile
+from runner.engine import cycle, leadership, lifecycle, reconcile
 from runner.engine.runtime import Runtime, log
 from runner.engine.validate import check_data
 from runner.errors import GbatchError, ManifestError
@@ -95,6 +95,7 @@ class Daemon:
             watcher.start()
             self._watcher = watcher
         debouncer = Debouncer(quiet=self.options.quiet_s, max_wait=self.options.max_wait_s)
+        gate = leadership.Gate(self.rt.leadership, self.rt.state)  # #18
         next_resync = next_git = 0.0
         next_poll = 0.0
         try:
@@ -104,6 +105,13 @@ class Daemon:
                 if watcher is not None and not watcher.is_alive():
                     log.error("the file watcher died; stopping (a restart resumes all work)")
                     return EXIT_DEAD
+                if not gate.turn():  # #18: a standby of a shared state waits (and serves)
+                    self._applied.clear()  # on taking the lead: a full resync, as at a start
+                    self._missing.clear()
+                    self._cycle_error = None
+                    next_resync = 0.0
+                    self._wait_until(clock.monotonic() + gate.standby_poll_s, debouncer)
+                    continue
                 now = clock.monotonic()
                 self._drain(debouncer, now)
                 changed = debouncer.ready(now)
