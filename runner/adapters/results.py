@@ -90,6 +90,10 @@ class Opener(Protocol):
         """Whether there can be tables yet (a file not yet written: no)."""
         ...
 
+    def readable(self) -> tuple[Path, ...]:
+        """Folders a locked-down reader must still read (a lake's data files)."""
+        ...
+
 
 @dataclass(frozen=True)
 class DuckFile:
@@ -102,6 +106,9 @@ class DuckFile:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+    def readable(self) -> tuple[Path, ...]:
+        return ()  # the open file is read through its connection
 
     def __str__(self) -> str:
         return str(self.path)
@@ -536,7 +543,7 @@ def run_query(
     try:
         for name, (columns, rows) in (extra_tables or {}).items():
             con.execute(_temp_table_sql(name, columns, rows))
-        lock_down(con)
+        lock_down(con, readable=target.readable())
         cursor = con.execute(sql)
         columns = [d[0] for d in cursor.description or []]
         return columns, cursor.fetchmany(max_rows)

@@ -263,3 +263,21 @@ def test_two_daemons_over_one_state_and_lake_survive_kills_and_a_stall(
     assert seen["bad"] == [] and seen["looks"] > 20 and seen["jobs_seen"] > 0, seen
     status = gbatch("status")
     assert status.code == 0 and "DuckLake" in status.out and "leader" in status.out
+
+
+def test_apply_into_a_lake_then_status_and_query_read_it(
+    gbatch: Gbatch, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One host, nothing to start: a SQLite-catalog lake behind the same commands."""
+    monkeypatch.setenv("GBATCH_DB", f"ducklake:sqlite:{gbatch.root / 'catalog.sqlite'}")
+    monkeypatch.setenv("GBATCH_LAKE_DATA_PATH", str(gbatch.root / "lake"))
+    gbatch.write("m0.yaml", manifest("m0"))
+    applied = gbatch("apply", "manifests", "--wait")
+    assert applied.code == 0, applied.err
+    assert emulator.count("batches.create") == ROWS // PER_JOB
+    answered = gbatch("query", "select count(*), count(distinct key) from m0", "--format", "csv")
+    assert answered.out.splitlines()[1] == f"{ROWS},{ROWS}"
+    status = gbatch("status")
+    assert "DuckLake ducklake:sqlite:" in status.out and "m0_history" in status.out
+    again = gbatch("apply", "manifests", "--wait")  # nothing new: nothing created
+    assert again.code == 0 and emulator.count("batches.create") == ROWS // PER_JOB
