@@ -37,7 +37,7 @@ class Gate:
 
     leadership: Leadership
     state: State
-    standby_poll_s: float = 0.5  # how often a standby asks again (takeover latency)
+    standby_poll_s: float = 0.2  # how often a standby asks again (the takeover latency)
     leading: bool | None = None  # as of the last turn; None before the first
 
     def turn(self) -> bool:
