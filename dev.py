@@ -3,9 +3,13 @@
 
     python3 dev.py demo    the example manifests through the local emulator into DuckDB
     python3 dev.py test    lint, format check, type check, import contracts, the test suite
+    python3 dev.py lock    re-pin constraints.txt to what .venv holds (after changing deps)
+    python3 dev.py docs    regenerate docs/cli-output.schema.json from runner/cli/views.py
 
-Each command first makes ./.venv and installs the project into it (only when pyproject.toml
-changed since the last install), so a fresh clone needs no other step.
+Each command first makes ./.venv and installs the project into it, every package at the
+version pinned in constraints.txt (only when pyproject.toml or constraints.txt changed since
+the last install), so a fresh clone needs no other step. ``test`` also makes sure Debian's
+chromium and chromium-driver are there (the status page test drives them), with apt-get.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".installed"
+CONSTRAINTS = ROOT / "constraints.txt"  # every package pinned: installs are reproducible
+CHROMIUM = (Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"))
 
 
 def ensure_venv() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 (this script may meet an older Python)
         sys.exit("gbatch needs Python 3.11 or newer")
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     if not (BIN / "python").exists():
@@ -41,8 +49,71 @@ def ensure_venv() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("installing gbatch and its dev tools into .venv ...", flush=True)
     run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-    run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"])
+    run(
+        [
+            *[str(BIN / "python"), "-m", "pip", "install", "--quiet"],
+            *["-c", str(CONSTRAINTS), "-e", f"{ROOT}[dev]"],
+        ]
+    )
     STAMP.write_text(wanted)
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium and chromium-driver, for the status page test (apt-get, as root)."""
+    if all(path.exists() for path in CHROMIUM):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(
+            "the status page test needs Debian's chromium and chromium-driver; install them "
+            "as root: apt-get install chromium chromium-driver"
+        )
+    print("installing chromium and chromium-driver (the status page test) ...", flush=True)
+    quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=quiet)
+    run(
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "chromium",
+            "chromium-driver",
+        ],
+        env=quiet,
+    )
+
+
+def lock() -> None:
+    """Install the dependencies unpinned (the newest that fit pyproject.toml), then pin
+    constraints.txt to what was installed. Run after changing dependencies."""
+    if not (BIN / "python").exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"])
+    frozen = subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "freeze", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    pins = sorted(line for line in frozen.splitlines() if "==" in line)
+    CONSTRAINTS.write_text(
+        "# Every package gbatch and its dev tools install, pinned (dev.py and\n"
+        "# deploy/Containerfile install with -c constraints.txt). Regenerate: python3 dev.py lock\n"
+        + "".join(f"{pin}\n" for pin in pins)
+    )
+    print(f"wrote {CONSTRAINTS} ({len(pins)} pins)")
+
+
+def docs() -> None:
+    """Regenerate docs/cli-output.schema.json (a test pins it to runner/cli/views.py)."""
+    ensure_venv()
+    script = (
+        "import json, sys; from runner.cli import views; "
+        "sys.stdout.write(json.dumps(views.output_schema(), indent=2) + chr(10))"
+    )
+    with (ROOT / "docs" / "cli-output.schema.json").open("w") as out:
+        run([str(BIN / "python"), "-c", script], stdout=out)
 
 
 def run(command: list[str], **kwargs: object) -> None:
@@ -52,6 +123,7 @@ def run(command: list[str], **kwargs: object) -> None:
 
 def test(extra: list[str]) -> None:
     ensure_venv()
+    ensure_chromium()
     run([str(BIN / "ruff"), "check", "runner", "tests", "bench", "dev.py"])
     run([str(BIN / "ruff"), "format", "--check", "runner", "tests", "bench", "dev.py"])
     run([str(BIN / "mypy"), "runner"])
@@ -141,7 +213,8 @@ def free_port() -> int:
 
 
 def demo() -> None:
-    """Serve the emulator, apply the example manifests with --wait, show status and answers."""
+    """Serve the emulator, apply the example manifests with --wait, show status, answers and
+    a semantic search over the embeddings."""
     ensure_venv()
     out = ROOT / "demo-output"
     shutil.rmtree(out, ignore_errors=True)
@@ -188,6 +261,18 @@ def demo() -> None:
                 ],
                 env=env,
             )
+            run(  # semantic search: each customer question's nearest FAQ entry, in plain SQL
+                [
+                    gbatch,
+                    "query",
+                    "select q.question, f.id as best_answer, "
+                    "round(array_cosine_similarity(q.embedding, f.embedding)::double, 3) as score "
+                    "from support_questions q, support_faq f "
+                    "qualify row_number() over (partition by q.key order by score desc) = 1 "
+                    "order by q.key",
+                ],
+                env=env,
+            )
         finally:
             emulator.terminate()
             emulator.wait(timeout=10)
@@ -214,6 +299,10 @@ def main() -> None:
         test(extra)
     elif command == "demo":
         demo()
+    elif command == "lock":
+        lock()
+    elif command == "docs":
+        docs()
     else:
         print(__doc__)
         sys.exit(0 if command == "help" else 2)

@@ -10,9 +10,13 @@ Branches are chosen by what the caller does next::
     │   │   └── UnclearCreateError   a create may or may not have happened: adopt by listing
     │   └── PermanentBackendError    do not retry (4xx other than 408/429)
     │       └── ResultsMismatchError answers that cannot be matched to requests: raw kept
+    ├── UsageError                   bad arguments found while running: fix the command line
+    │   ├── ListenError              a server cannot listen there (port taken, no such address)
+    │   └── DataFileError            a data file is not readable CSV, JSONL or Parquet
     ├── StoreError                   the state or results database failed
     │   └── StoreBusyError           another process holds the database: retry later
-    └── LockedError                  another gbatch process owns the state database
+    └── LockedError                  another gbatch process owns the state database, or
+                                     another state writes the results file
 
 Foreign exceptions (google.genai.errors, duckdb.Error) are translated into this tree in the
 adapter that owns the library, never further up.
@@ -103,6 +107,19 @@ class ResultsMismatchError(PermanentBackendError):
         self.raw_path = raw_path
 
 
+class UsageError(GbatchError):
+    """Bad arguments found while running (a port in use, a git branch that does not exist):
+    exit 2, as click's own usage errors."""
+
+
+class ListenError(UsageError):
+    """The HTTP server cannot listen where it was asked (the port is taken, no such address)."""
+
+
+class DataFileError(UsageError):
+    """The file is not a readable CSV, JSONL or Parquet file."""
+
+
 class StoreError(GbatchError):
     """The state or results database could not be read or written."""
 
@@ -113,3 +130,8 @@ class StoreBusyError(StoreError):
 
 class LockedError(GbatchError):
     """Another gbatch process already owns this state directory."""
+
+
+class NotLeaderError(LockedError):
+    """This process does not (or no longer) lead the shared state: its write was refused
+    (fencing). A daemon stands by again; a command exits as for any LockedError."""

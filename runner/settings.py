@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # {"gemini-2.5-flash": 3000000}; models not named are not limited here.
     enqueued_tokens: dict[str, int] = Field(default_factory=dict)
     prices_file: Path | None = None
+    ui_token: SecretStr | None = Field(
+        None, description="GBATCH_UI_TOKEN: the status page asks callers for it off loopback."
+    )
     log_format: Literal["text", "json"] = "text"
     # -- several daemons over one shared state and one lake (#18); `pip install gbatch[team]`
     state_url: SecretStr | None = Field(

@@ -73,7 +73,13 @@ class FakeBackend:
         self.files.pop(name, None)
 
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         self._call("create", display_name)
         name = f"batches/b{next(self._ids)}"
@@ -132,7 +138,8 @@ class FakeBackend:
         with dest.open("w") as out:
             for line in lines:
                 entry = json.loads(line)
-                text = entry["request"]["contents"][-1]["parts"][0]["text"]
+                parts = entry["request"]["contents"][-1]["parts"]
+                text = next(p["text"] for p in parts if "text" in p)
                 out.write(json.dumps({"key": entry["key"], "response": _answer(text)}) + "\n")
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:

@@ -1,12 +1,14 @@
 """The Gemini adapter: the only module that imports google-genai.
 
 Implements ``runner.core.ports.Backend`` over the official SDK, pinned to ``v1beta``, with a
-timeout on every call. Reads (get, list, download, upload) retry transient errors with
-back-off that honours RetryInfo; creates never retry here (a failed create may have happened:
-the engine resolves it by listing). Job reads and creates go through the SDK's own client as
-raw calls: its converters drop ``batchStats`` and the operation ``error`` from replies, and
-every request field they do not know (``labels``, ``serviceTier``, ``store``...) from inline
-requests. Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
+timeout on every call; a job is a generation batch (batchGenerateContent) or an embeddings
+batch (asyncBatchEmbedContent, ``client.batches.create_embeddings`` on the wire). Reads
+(get, list, download, upload) retry transient errors with back-off that honours RetryInfo;
+creates never retry here (a failed create may have happened: the engine resolves it by
+listing). Job reads and creates go through the SDK's own client as raw calls: its
+converters drop ``batchStats`` and the operation ``error`` from replies, and every request
+field they do not know (``labels``, ``serviceTier``, ``store``...) from inline requests.
+Every exception becomes a ``runner.errors`` type in :func:`_translate`, which leaves
 transient vs permanent to ``runner.core.failures.classify``.
 Constructed by the CLI; called by the engine.
 """
@@ -30,6 +32,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from runner.core import failures
+from runner.core.atomic import replacing
 from runner.core.jobs import INLINE_MAX_REQUESTS, JobState, RemoteJob
 from runner.core.ports import UploadedFile
 from runner.errors import (
@@ -45,6 +48,8 @@ T = TypeVar("T")
 JSONL_MIME = "application/jsonl"
 PROCESSING_WAIT_S = 600.0  # how long an upload may stay PROCESSING (video) before we retry
 PROCESSING_POLL_S = 2.0
+# The create call of each task (the job's requests are GenerateContent or EmbedContent ones).
+CREATE_METHODS = {"generate": "batchGenerateContent", "embed": "asyncBatchEmbedContent"}
 
 
 class GeminiBackend:
@@ -125,14 +130,9 @@ class GeminiBackend:
         return self._read(get, what=f"get {name}")
 
     def delete_file(self, name: str) -> None:
-        def delete() -> None:
-            try:
-                self._client.files.delete(name=name)
-            except genai_errors.APIError as exc:
-                if exc.code != 404:  # already gone is what we wanted
-                    raise
-
-        self._read(delete, what=f"delete {name}")
+        self._read(
+            _gone_is_fine(lambda: self._client.files.delete(name=name)), what=f"delete {name}"
+        )
 
     def _upload(self, path: Path, *, mime_type: str, display_name: str) -> types.File:
         """``files.upload`` in its two steps, so that the final reply's body can be read.
@@ -182,13 +182,25 @@ class GeminiBackend:
 
     # -- batches -----------------------------------------------------------------------------
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         """Create a batch job; the body is written here, so inline requests go as they are.
 
-        Inline requests go sorted by key: when their answers come back without metadata,
-        :meth:`download_results` matches them by that order.
+        ``task``: ``generate`` (``models/{m}:batchGenerateContent``) or ``embed``
+        (``models/{m}:asyncBatchEmbedContent``, ``client.batches.create_embeddings`` on the
+        wire: the same ``{"batch": {"displayName", "inputConfig"}}`` body, its inline items
+        EmbedContentRequests with their metadata). Inline requests go sorted by key: when
+        their answers come back without metadata, :meth:`download_results` matches them by
+        that order.
         """
+        if task not in CREATE_METHODS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(CREATE_METHODS)}")
         source: dict[str, Any]
         if src_file is not None:
             source = {"fileName": src_file}
@@ -198,7 +210,7 @@ class GeminiBackend:
             raise ValueError("create_job needs src_file or inline")
         body = {"batch": {"displayName": display_name, "inputConfig": source}}
         what = f"create {display_name}"
-        path = f"{_model_path(model)}:batchGenerateContent"
+        path = f"{_model_path(model)}:{CREATE_METHODS[task]}"
         try:
             reply = self._raw("post", path, body)
         except Exception as exc:
@@ -245,37 +257,35 @@ class GeminiBackend:
         Otherwise no key is invented: the raw operation is kept beside ``dest``
         (``<dest>.raw.json``) and :class:`ResultsMismatchError` raised.
         """
-        partial = dest.with_name(dest.name + ".part")
         if job.result_file:
             file_name = job.result_file
 
             def download() -> None:
-                self._client.files.download(file=file_name, destination=str(partial))
+                with replacing(dest) as partial:
+                    self._client.files.download(file=file_name, destination=str(partial))
 
             self._read(download, what=f"download {file_name}")
-        else:
-            operation = self._raw_get(_batch_path(job.name))
-            output = operation.get("response") or operation.get("metadata", {}).get("output", {})
-            inlined = output.get("inlinedResponses", {}).get("inlinedResponses", [])
-            matched = _match_inline(inlined, keys)
-            if matched is None:
-                raw = dest.with_name(dest.name + ".raw.json")
-                raw_partial = raw.with_name(raw.name + ".part")
-                raw_partial.write_text(json.dumps(operation, ensure_ascii=False))
-                raw_partial.replace(raw)
-                labelled = sum(1 for item in inlined if _inline_key(item) is not None)
-                raise ResultsMismatchError(
-                    f"{job.name}: {len(inlined)} inline answers ({labelled} with a key) for "
-                    f"{'an unknown number of' if keys is None else len(keys)} requests: "
-                    f"which answer is whose cannot be told; the raw output is in {raw}",
-                    raw_path=raw,
-                )
-            with partial.open("w") as out:
-                for key, item in matched:
-                    line = {"key": key}
-                    line.update({k: item[k] for k in ("response", "error") if k in item})
-                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        partial.replace(dest)
+            return
+        operation = self._raw_get(_batch_path(job.name))
+        output = operation.get("response") or operation.get("metadata", {}).get("output", {})
+        inlined = _inlined(output)
+        matched = _match_inline(inlined, keys)
+        if matched is None:
+            raw = dest.with_name(dest.name + ".raw.json")
+            with replacing(raw) as partial:
+                partial.write_text(json.dumps(operation, ensure_ascii=False))
+            labelled = sum(1 for item in inlined if _inline_key(item) is not None)
+            raise ResultsMismatchError(
+                f"{job.name}: {len(inlined)} inline answers ({labelled} with a key) for "
+                f"{'an unknown number of' if keys is None else len(keys)} requests: "
+                f"which answer is whose cannot be told; the raw output is in {raw}",
+                raw_path=raw,
+            )
+        with replacing(dest) as partial, partial.open("w") as out:
+            for key, item in matched:
+                line = {"key": key}
+                line.update({k: item[k] for k in ("response", "error") if k in item})
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:
         def count() -> int:
@@ -324,13 +334,7 @@ class GeminiBackend:
         return self._read(extend, what=f"extend {name}")
 
     def delete_cache(self, name: str) -> None:
-        def delete() -> None:
-            try:
-                self._client.caches.delete(name=name)
-            except genai_errors.APIError as exc:
-                if exc.code != 404:  # already gone is what we wanted
-                    raise
-
+        delete = _gone_is_fine(lambda: self._client.caches.delete(name=name))
         self._read(delete, what=f"delete {name}")
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -401,6 +405,19 @@ def _translate(exc: Exception, what: str, *, base_url: str) -> BackendError:
     if failures.classify(code=code, status=status).retryable:
         return TransientBackendError(message, code=code, status=status, delay=delay)
     return PermanentBackendError(message, code=code, status=status)
+
+
+def _gone_is_fine(delete: Callable[[], object]) -> Callable[[], None]:
+    """A delete for which 404 is success: already gone is what was wanted."""
+
+    def call() -> None:
+        try:
+            delete()
+        except genai_errors.APIError as exc:
+            if exc.code != 404:
+                raise
+
+    return call
 
 
 def _words(exc: Exception) -> str:
@@ -494,6 +511,20 @@ def _inlined_requests(inline: Path) -> list[dict[str, Any]]:
     return [
         {"request": lines[key]["request"], "metadata": {"key": key}} for key in _sent_order(lines)
     ]
+
+
+def _inlined(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished inline job's answers. An embedding job's are EmbedContentResponses under
+    the same ``inlinedResponses`` (EmbedContentBatchOutput in the API's discovery document);
+    the SDK reads ``inlinedEmbedContentResponses`` too (its _BatchJobDestination_from_mldev),
+    so both spellings are accepted. Lines come out as ``{"key", "response"|"error"}`` either
+    way: an embedding's response as it is (``{"embedding": {"values"}, "tokenCount"}``),
+    like the lines of a result file."""
+    for name in ("inlinedResponses", "inlinedEmbedContentResponses"):
+        found = output.get(name, {}).get("inlinedResponses")
+        if found:
+            return list(found)
+    return []
 
 
 def _inline_key(item: dict[str, Any]) -> str | None:

@@ -14,13 +14,13 @@ Called by the engine's reconcile (diff, chunk) and follow (record_outcome) steps
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.adapters.duck import Connection, literal, path_list, shared_memory
-from runner.core import failures
+from runner.core import failures, verdicts
+from runner.core.atomic import replacing
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,9 @@ class Outcome:
     missing: int
 
 
-def _atomic_copy(con: Connection, select: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    con.execute(f"copy ({select}) to {literal(str(partial))} (format parquet)")
-    os.replace(partial, out)
+def _atomic_copy(con: Connection, select: str, out: Path, *, fmt: str = "parquet") -> None:
+    with replacing(out) as partial:
+        con.execute(f"copy ({select}) to {literal(str(partial))} (format {fmt})")
 
 
 def diff(
@@ -142,17 +140,7 @@ def diff(
         ),
         known as (select distinct key from l union select key from ({prev_select}))
         select d.key, d.request_hash, d.request_bytes, length(d.request) request_chars,
-            case
-                when a.key is not null then 'unchanged'
-                when f.key is not null then 'in_flight'
-                when d.request_hash in (select request_hash from a) then 'reused'
-                when d.request_hash in (select request_hash from w) then 'waiting'
-                when x.key is not null and (not x.retryable or x.n > {int(retries)})
-                    then 'exhausted'
-                when x.key is not null then 'retry'
-                when k.key is not null then 'changed'
-                else 'new'
-            end as verdict
+            {_verdict_case(retries)} as verdict
         from read_parquet({literal(str(desired))}) d
         left join answered a using (key, request_hash)
         left join f using (key, request_hash)
@@ -160,7 +148,7 @@ def diff(
         left join known k using (key)
         """
     )
-    submit = "verdict in ('new', 'changed', 'retry')"
+    submit = f"verdict in ({', '.join(literal(v) for v in verdicts.SUBMIT)})"
     if answers is not None:  # one request for rows that would send the same one
         con.execute(
             f"""
@@ -208,6 +196,30 @@ def diff(
         submit_bytes=int(totals[1]),
         submit_chars=int(totals[2]),
     )
+
+
+# Each rule of runner.core.verdicts as SQL over the diff's joins: a (answered), f (in flight),
+# x (failures), k (known keys), and the hash sets a / w (answer store, elsewhere).
+_SQL_RULES = {
+    "unchanged": "a.key is not null",
+    "in_flight": "f.key is not null",
+    "reused": "d.request_hash in (select request_hash from a)",
+    "waiting": "d.request_hash in (select request_hash from w)",
+    "exhausted": "x.key is not null and (not x.retryable or x.n > {retries})",
+    "retry": "x.key is not null",
+    "changed": "k.key is not null",
+    "new": "true",
+}
+
+
+def _verdict_case(retries: int) -> str:
+    """The CASE that judges a row: the core's rules, in the core's order."""
+    assert tuple(_SQL_RULES) == verdicts.ORDER, "the SQL rules must follow runner.core.verdicts"
+    whens = " ".join(
+        f"when {_SQL_RULES[name].format(retries=int(retries))} then {literal(name)}"
+        for name in verdicts.ORDER
+    )
+    return f"case {whens} end"
 
 
 def chunk(
@@ -368,7 +380,6 @@ def complete_with_errors(
     """
     con = shared_memory()
     error = json.dumps({"code": 0, "message": message, "status": status})
-    result_file.parent.mkdir(parents=True, exist_ok=True)
     have = result_file.exists() and result_file.stat().st_size > 0
     produced = (
         f"select key, response, error from read_json({literal(str(result_file))}, "
@@ -377,20 +388,19 @@ def complete_with_errors(
         if have
         else "select ''::varchar as key, null::json as response, null::json as error where false"
     )
-    partial = result_file.with_name(result_file.name + ".part")
-    con.execute(
+    _atomic_copy(
+        con,
         f"""
-        copy (
-            select key, response, error from ({produced})
-            union all
-            select r.key, null::json, {literal(error)}::json
-            from read_parquet({literal(str(job_requests))}) r
-            where r.key not in (select key from ({produced}))
-        ) to {literal(str(partial))} (format json)
-        """
+        select key, response, error from ({produced})
+        union all
+        select r.key, null::json, {literal(error)}::json
+        from read_parquet({literal(str(job_requests))}) r
+        where r.key not in (select key from ({produced}))
+        """,
+        result_file,
+        fmt="json",
     )
     con.close()
-    os.replace(partial, result_file)
 
 
 def store_answers(*, job_requests: Path, result_file: Path, out: Path) -> None:
@@ -415,17 +425,59 @@ def store_answers(*, job_requests: Path, result_file: Path, out: Path) -> None:
 def reused_lines(*, job_requests: Path, answers: list[Path], out: Path) -> None:
     """Result lines for a job of reused answers: each key gets its request hash's answer."""
     con = shared_memory()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    con.execute(
+    _atomic_copy(
+        con,
         f"""
-        copy (
-            select r.key, any_value(a.response)::json as response
-            from read_parquet({literal(str(job_requests))}) r
-            join read_parquet({path_list(answers)}) a using (request_hash)
-            group by r.key order by r.key
-        ) to {literal(str(partial))} (format json)
-        """
+        select r.key, any_value(a.response)::json as response
+        from read_parquet({literal(str(job_requests))}) r
+        join read_parquet({path_list(answers)}) a using (request_hash)
+        group by r.key order by r.key
+        """,
+        out,
+        fmt="json",
     )
     con.close()
-    os.replace(partial, out)
+
+
+# The error a rebuilt failed line carries: its own was in the result file, which was not kept.
+NOT_KEPT = "rebuilt from the ledger: this line failed; its original error was not kept"
+
+
+def lines_from_ledger(*, outcome: Path, answers: list[Path], out: Path) -> int:
+    """Result lines for a job whose own lines were not kept (gbatch#13), from the ledger's
+    outcome per key and the answer store's response per request hash; the lines written.
+
+    An answered key gets its stored response (text, tokens and cost come back with it); a
+    failed key gets a generic error; a key that had no line (``reason`` set) gets none, as at
+    ingest. Read by the integrity checks when neither the results file nor kept rows have
+    the job.
+    """
+    con = shared_memory()
+    stored = [p for p in answers if p.exists()]
+    store = (
+        "select request_hash, any_value(response) response from read_parquet("
+        f"{path_list(stored)}) group by request_hash"
+        if stored
+        else "select ''::varchar request_hash, ''::varchar response where false"
+    )
+    error = json.dumps({"code": 0, "message": NOT_KEPT})
+    _atomic_copy(
+        con,
+        f"""
+            select o.key,
+                case when o.status = 'succeeded' then a.response::json end as response,
+                case when o.status = 'succeeded' and a.response is not null then null
+                     else {literal(error)}::json end as error
+            from read_parquet({literal(str(outcome))}) o
+            left join ({store}) a using (request_hash)
+            where o.reason is null
+            order by o.key
+        """,
+        out,
+        fmt="json",
+    )
+    row = con.execute(
+        f"select count(*) from read_parquet({literal(str(outcome))}) where reason is null"
+    ).fetchone()
+    con.close()
+    return int(row[0]) if row else 0

@@ -11,11 +11,12 @@ Called by sources (build, write) and the engine's submit step.
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.adapters.duck import Connection, Error, ident, literal, path_list, shared_memory
 from runner.core.manifest import Manifest
-from runner.core.paths import PathEscapeError, confine
+from runner.core.paths import PathError, confine_file
 from runner.core.requests import MEDIA_PLACEHOLDER
 from runner.errors import ManifestError
 
@@ -30,6 +31,7 @@ def with_media(
     columns: list[tuple[str, str]],
     base_dir: Path,
     root: Path,
+    forbidden: Sequence[Path] = (),
 ) -> tuple[str, str]:
     """(the source relation with each row's media columns, the SQL of its fileData parts)."""
     assert manifest.spec.prompt is not None
@@ -51,7 +53,7 @@ def with_media(
             f"where {ident(column)} is not null and cast({ident(column)} as varchar) != ''"
         ).fetchall()
     }
-    _register(con, sorted(paths), base_dir=base_dir, root=root)
+    _register(con, sorted(paths), base_dir=base_dir, root=root, forbidden=forbidden)
     joins, selected, parts = [], [], []
     for n, column in enumerate(chosen, start=1):
         alias = f"m{n}"
@@ -69,16 +71,16 @@ def with_media(
     return joined, " || ".join(parts)
 
 
-def _register(con: Connection, paths: list[str], *, base_dir: Path, root: Path) -> None:
+def _register(
+    con: Connection, paths: list[str], *, base_dir: Path, root: Path, forbidden: Sequence[Path]
+) -> None:
     """Temp table ``media(rel, path, mime, sha)`` for the distinct relative paths."""
     rows = []
     for rel in paths:
         try:
-            path = confine(rel, base_dir=base_dir, root=root)
-        except (PathEscapeError, FileNotFoundError) as exc:
+            path = confine_file(rel, base_dir=base_dir, root=root, forbidden=forbidden)
+        except PathError as exc:
             raise ManifestError(f"media file {rel!r}: {exc}", field="prompt.media") from None
-        if not path.is_file():
-            raise ManifestError(f"media file {rel!r} does not exist", field="prompt.media")
         mime = mimetypes.guess_type(path.name)[0]
         if mime is None:
             raise ManifestError(

@@ -4,40 +4,43 @@
 phase and remote state, requests, tokens, cost) plus what the process counts itself (API
 errors by code, reconcile durations). ``/healthz`` answers 200 while the daemon's checks pass
 and 503 with the failing checks otherwise (a dead watcher, a reconcile loop that stopped
-beating). Served from a daemon thread; the state is read through a connection of its own.
-Started by the CLI's ``watch`` command.
+beating). With a ``StatusPage`` it also serves the status page (``/``, ``/api/status``,
+``/api/query``; see ``runner.adapters.webui``). Served from a daemon thread; the state is read
+through a connection of its own (``summary``). A port already taken is a ``ListenError``
+naming it. Started by the CLI's ``watch`` command.
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from runner.adapters.state import StateStore
+from runner.adapters.webui import ROUTES, SECURITY_HEADERS, Request, StatusPage
+from runner.errors import ListenError
 
 Checks = Callable[[], list[str]]  # the failing health checks; empty when healthy
+# The state's aggregates (``State.summary``), read afresh: the CLI opens whichever state the
+# settings name (SQLite or Postgres) for each scrape.
+Summary = Callable[[], dict[str, list[tuple[Any, ...]]]]
 
 
 class _StateCollector(Collector):
     """Gauges read from the state database on every scrape (so they survive restarts)."""
 
-    def __init__(self, state_db: Path, api_errors: Mapping[str, int]) -> None:
-        self._state_db = state_db
+    def __init__(self, summary: Summary, api_errors: Mapping[str, int]) -> None:
+        self._summary = summary
         self._api_errors = api_errors
 
     def collect(self) -> Iterable[Metric]:
-        state = StateStore(self._state_db)
-        try:
-            summary = state.summary()
-        finally:
-            state.close()
+        summary = self._summary()
         manifests = GaugeMetricFamily(
             "gbatch_manifests", "Manifests by sync status", labels=["status"]
         )
@@ -79,14 +82,15 @@ class MetricsServer:
     def __init__(
         self,
         *,
-        state_db: Path,
+        summary: Summary,
         api_errors: Mapping[str, int],
         checks: Checks,
         host: str = "127.0.0.1",
         port: int = 0,
+        page: StatusPage | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StateCollector(state_db, api_errors))
+        self.registry.register(_StateCollector(summary, api_errors))
         ProcessCollector(registry=self.registry)  # CPU seconds, resident memory, open fds
         self._reconcile = Histogram(
             "gbatch_reconcile_duration_seconds",
@@ -94,7 +98,14 @@ class MetricsServer:
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
-        self._server = ThreadingHTTPServer((host, port), _handler(self.registry, checks))
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler(self.registry, checks, page))
+        except OSError as exc:
+            taken = exc.errno == errno.EADDRINUSE
+            why = "the port is already in use" if taken else (exc.strerror or str(exc))
+            raise ListenError(
+                f"cannot listen on {host}:{port}: {why} (pick another port, or 0 for a free one)"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="gbatch-metrics", daemon=True
@@ -116,9 +127,28 @@ class MetricsServer:
         self._server.server_close()
 
 
-def _handler(registry: CollectorRegistry, checks: Checks) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    registry: CollectorRegistry, checks: Checks, page: StatusPage | None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def _page(self, method: str) -> bool:
+            path, _, query = self.path.partition("?")
+            if page is None or path not in ROUTES:
+                return False
+            size = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(min(size, 1 << 20)) if method == "POST" else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            reply = page.reply(Request(method, path, query, headers, body))
+            self._send(reply.code, reply.body, reply.content_type, page=True)
+            return True
+
+        def do_POST(self) -> None:
+            if not self._page("POST"):
+                self._send(404, b"not found\n", "text/plain")
+
         def do_GET(self) -> None:
+            if self._page("GET"):
+                return
             if self.path.split("?")[0] == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif self.path.split("?")[0] in ("/healthz", "/health"):
@@ -126,11 +156,13 @@ def _handler(registry: CollectorRegistry, checks: Checks) -> type[BaseHTTPReques
                 body = "\n".join(failing) if failing else "ok"
                 self._send(503 if failing else 200, (body + "\n").encode(), "text/plain")
             else:
-                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+                self._send(404, b"not found: try /, /metrics or /healthz\n", "text/plain")
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
+        def _send(self, code: int, body: bytes, content_type: str, *, page: bool = False) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
+            for name, value in SECURITY_HEADERS if page else ():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

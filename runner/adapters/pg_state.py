@@ -11,8 +11,8 @@ hosts need to act as one:
   the lease ends that lock's session and takes over.
 - **fencing**: each takeover increments ``leader.epoch``; every write transaction of the
   store first reads the epoch (``for share``, so it serialises with a takeover) and refuses
-  with LockedError when it is not this process's. A paused old leader that wakes up writes
-  nothing.
+  with NotLeaderError (a LockedError) when it is not this process's. A paused old leader
+  that wakes up writes nothing.
 - **one create per intent**: ``intent_lock`` takes a session advisory lock per intent on the
   store's connection, held across the remote create and its record; another process skips
   that intent meanwhile. The takeover ends only the old leader's lease session, never this
@@ -42,8 +42,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runner.core.clock import Clock, SystemClock, stamp
 from runner.core.lifecycle import LIVE_PHASES, Phase, check_move
-from runner.core.records import CacheRow, JobRow, ManifestRow, columns
-from runner.errors import LockedError, StoreError
+from runner.core.records import (
+    EVENT_COLUMNS,
+    CacheRow,
+    JobRow,
+    KeptRows,
+    ManifestRow,
+    TableOwner,
+    columns,
+)
+from runner.errors import NotLeaderError, StoreError
 
 log = logging.getLogger("gbatch")
 
@@ -173,6 +181,43 @@ migration(
     );
     """,
 )
+# The state's identity (the results file records which state writes it), the table each
+# manifest owns (seeded from the applied manifests, the earliest first), and where each
+# ingested job's history rows are kept for a rebuild.
+migration(
+    "results-integrity",
+    """
+    create table identity (id text not null, created_at text not null, results_db text);
+    insert into identity (id, created_at)
+        select replace(gen_random_uuid()::text, '-', ''),
+               to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+    create table table_owners (
+        table_name text primary key,
+        manifest text not null,
+        path text not null,
+        since text not null
+    );
+    insert into table_owners
+        select table_name, name, path, updated_at from manifests order by updated_at
+        on conflict (table_name) do nothing;
+    create table kept_rows (
+        job bigint primary key,
+        table_name text not null,
+        label text not null,
+        rows bigint not null,
+        kind text not null,
+        at text not null
+    );
+    """,
+)
+migration(
+    "cache-storage-cost",
+    """
+    alter table caches add column tokens bigint not null default 0;
+    alter table caches add column cost_usd double precision not null default 0;
+    """,
+)
+migration("job-task", "alter table jobs add column task text not null default 'generate'")
 migration(  # Postgres only: who leads, since when, and the fencing token
     "leader",
     """
@@ -191,6 +236,8 @@ migration(  # Postgres only: who leads, since when, and the fencing token
 _CACHE_COLUMNS = columns(CacheRow)
 _JOB_COLUMNS = columns(JobRow)
 _MANIFEST_COLUMNS = columns(ManifestRow)
+_KEPT_COLUMNS = columns(KeptRows)
+_OWNER_COLUMNS = columns(TableOwner)
 
 
 def redacted(url: str) -> str:
@@ -289,7 +336,7 @@ class PgState:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        """A write transaction of the leader: refused (LockedError) once another leads."""
+        """A write transaction of the leader: refused (NotLeaderError) once another leads."""
         try:
             with self._db.transaction():
                 self._fence()
@@ -299,14 +346,14 @@ class PgState:
 
     def _fence(self) -> None:
         if self.epoch is None:
-            raise LockedError(
+            raise NotLeaderError(
                 f"this process does not lead the shared state {self.where}; only the leader "
                 "writes (a standby waits for the lead)"
             )
         row = self._db.execute("select epoch, holder from leader where id = 1 for share").fetchone()
         if row is None or row[0] != self.epoch:
             mine, self.epoch = self.epoch, None
-            raise LockedError(
+            raise NotLeaderError(
                 f"no longer the leader of {self.where}: {row[1] if row else '?'} leads since "
                 f"epoch {row[0] if row else '?'} (this process had epoch {mine}); standing by"
             )
@@ -411,13 +458,31 @@ class PgState:
         return [JobRow(*row) for row in rows]
 
     # -- context caches ----------------------------------------------------------------------
-    def add_cache(self, *, name: str, manifest: str, digest: str, model: str, expire: str) -> None:
+    def add_cache(
+        self,
+        *,
+        name: str,
+        manifest: str,
+        digest: str,
+        model: str,
+        expire: str,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         values: dict[str, Any] = {"name": name, "manifest": manifest, "digest": digest}
         values["model"] = model
         values |= {"expire_time": expire, "created_at": self.now(), "deleted_at": None}
+        values |= {"tokens": tokens, "cost_usd": cost_usd}
         updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "name")
         with self.transaction():
             self._insert("caches", values, f"on conflict (name) do update set {updates}")
+
+    def cache_cost(self, manifest: str) -> float:
+        """What the manifest's context caches cost in storage so far (deleted ones too)."""
+        rows = self._rows(
+            "select coalesce(sum(cost_usd), 0) from caches where manifest = %s", (manifest,)
+        )
+        return float(rows[0][0]) if rows else 0.0
 
     def update_cache(self, name: str, **values: Any) -> None:
         with self.transaction():
@@ -491,6 +556,98 @@ class PgState:
         values = {"at": self.now(), "manifest": manifest, "job": job, "kind": kind}
         with self.transaction():
             self._insert("events", {**values, "message": message})
+
+    def events_of(self, kinds: tuple[str, ...], *, limit: int = 5) -> list[tuple[str, str]]:
+        """The newest events of these kinds as (at, message), newest first."""
+        rows = self._rows(
+            "select at, message from events where kind = any(%s) order by id desc limit %s",
+            (list(kinds), limit),
+        )
+        return [(str(at), str(message)) for at, message in rows]
+
+    EVENT_COLUMNS = EVENT_COLUMNS
+
+    def events(
+        self, *, manifest: str | None = None, after: int = 0, newest: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Events (``EVENT_COLUMNS``) with an id above ``after``, oldest first; ``newest``
+        keeps only that many of the latest (read with a limit, not the whole log)."""
+        where: list[str] = ["id > %s"]
+        args: list[Any] = [after]
+        if manifest is not None:
+            where.append("manifest = %s")
+            args.append(manifest)
+        query = f"select {', '.join(EVENT_COLUMNS)} from events where {' and '.join(where)}"
+        if newest is not None:
+            query = f"select * from ({query} order by id desc limit {int(newest)}) e order by id"
+        return self._rows(query + ("" if newest is not None else " order by id"), args)
+
+    # -- identity, table owners, kept rows (gbatch#13) ---------------------------------------
+    def identity(self) -> str:
+        """This state's id: the results store records it, so a second state cannot write it."""
+        rows = self._rows("select id from identity")
+        assert rows  # inserted by the migration
+        return str(rows[0][0])
+
+    def verified_results(self) -> str | None:
+        rows = self._rows("select results_db from identity")
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
+    def set_verified_results(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("update identity set results_db = %s", (path,))
+
+    def table_owners(self) -> list[TableOwner]:
+        """The recorded owners; a manifest's table with no owner row counts as its own."""
+        owners = [
+            TableOwner(*row)
+            for row in self._rows(f"select {_OWNER_COLUMNS} from table_owners order by since")
+        ]
+        taken = {o.table_name for o in owners}
+        for name, path, table, since in self._rows(
+            "select name, path, table_name, updated_at from manifests order by updated_at"
+        ):
+            if table not in taken:
+                owners.append(TableOwner(table, name, path, since))
+                taken.add(table)
+        return owners
+
+    def record_owners(self, owners: list[tuple[str, str, str]]) -> None:
+        """(table, manifest, path): a table not owned yet becomes the manifest's; an owner's
+        path is kept current. Never takes a table from another manifest (``move_table``)."""
+        if not owners:
+            return
+        with self.transaction() as db:
+            db.cursor().executemany(
+                "insert into table_owners values (%s, %s, %s, %s) on conflict (table_name) "
+                "do update set path = excluded.path "
+                "where table_owners.manifest = excluded.manifest",
+                [(table, manifest, path, self.now()) for table, manifest, path in owners],
+            )
+
+    def move_table(self, table: str, manifest: str) -> TableOwner | None:
+        """Give ``table`` to ``manifest`` (the explicit act); the previous owner, if any."""
+        before = {o.table_name: o for o in self.table_owners()}.get(table)
+        row = self.manifest(manifest)
+        with self.transaction() as db:
+            db.execute(
+                "insert into table_owners values (%s, %s, %s, %s) on conflict (table_name) "
+                "do update set manifest = excluded.manifest, path = excluded.path, "
+                "since = excluded.since",
+                (table, manifest, row.path if row else "", self.now()),
+            )
+        return before
+
+    def kept_rows(self) -> dict[int, KeptRows]:
+        rows = self._rows(f"select {_KEPT_COLUMNS} from kept_rows order by job")
+        return {int(row[0]): KeptRows(*row) for row in rows}
+
+    def record_kept(self, *, job: int, table: str, label: str, rows: int, kind: str) -> None:
+        values = {"job": job, "table_name": table, "label": label, "rows": rows, "kind": kind}
+        values["at"] = self.now()
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "job")
+        with self.transaction():
+            self._insert("kept_rows", values, f"on conflict (job) do update set {updates}")
 
     def summary(self) -> dict[str, list[tuple[Any, ...]]]:
         """Aggregates for metrics: manifests by status, jobs by phase and remote state."""

@@ -4,14 +4,17 @@ The template compiles to one SQL string expression and the constant parts of the
 (``runner.core.requests.RequestShape``) are glued around the escaped text, so a million rows
 never pass through a Python loop. The result is a Parquet file of key, request_hash, request,
 request_bytes and the source row's own columns, in no particular order (keys name the rows).
-Called by validate, reconcile (build_requests) and submit (write_jsonl).
+Every file a source names is checked by ``runner.core.paths`` (confined to the root, one
+link, none of gbatch's own files: ``private_paths``). Called by validate, reconcile
+(build_requests), caching (cache_files) and submit (write_jsonl).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +28,16 @@ from runner.adapters.duck import (
     path_list,
 )
 from runner.core import schema_types, template
+from runner.core.atomic import replacing
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
-from runner.core.paths import PathEscapeError, confine, confine_glob
-from runner.core.requests import CACHE_PLACEHOLDER, PARTS_OPEN, hash_salt, request_shape
+from runner.core.paths import PathError, confine_file, confine_glob
+from runner.core.requests import (
+    CACHE_PLACEHOLDER,
+    EMBED_DIMENSIONS_COLUMN,
+    PARTS_OPEN,
+    hash_salt,
+    request_shape,
+)
 from runner.errors import ManifestError
 
 FORMATS = {
@@ -45,6 +55,18 @@ SET_FORMAT = "format parquet, row_group_size_bytes '32MB'"
 
 
 @dataclass(frozen=True)
+class _Build:
+    """What one build reads and may not read, threaded through the helpers below."""
+
+    base_dir: Path
+    root: Path
+    scratch: Path
+    forbidden: tuple[Path, ...]
+    query_rows: int | None  # a query source's rows are cut to this many (validation)
+    cancel: threading.Event | None
+
+
+@dataclass(frozen=True)
 class RequestSet:
     path: Path
     count: int
@@ -52,19 +74,29 @@ class RequestSet:
     columns: list[tuple[str, str]]
 
 
-def _files(manifest: Manifest, *, field: str, base_dir: Path, root: Path) -> list[Path]:
+def _files(
+    manifest: Manifest, *, field: str, base_dir: Path, root: Path, forbidden: Sequence[Path] = ()
+) -> list[Path]:
     pattern = getattr(manifest.spec.source, field)
     try:
         if any(ch in pattern for ch in "*?["):
-            return confine_glob(pattern, base_dir=base_dir, root=root)
-        path = confine(pattern, base_dir=base_dir, root=root)
-    except PathEscapeError as exc:
+            return confine_glob(pattern, base_dir=base_dir, root=root, forbidden=forbidden)
+        return [confine_file(pattern, base_dir=base_dir, root=root, forbidden=forbidden)]
+    except PathError as exc:
         raise ManifestError(str(exc), field=f"source.{field}") from None
-    except FileNotFoundError as exc:
-        raise ManifestError(str(exc), field=f"source.{field}") from None
-    if not path.is_file():
-        raise ManifestError(f"no such file: {pattern} (looked at {path})", field=f"source.{field}")
-    return [path]
+
+
+def private_paths(
+    *, state_dir: Path, db: Path, git_checkout: Path | None = None
+) -> tuple[Path, ...]:
+    """gbatch's own files, which no source may read: the state directory, the results file
+    and the files DuckDB keeps beside it (write-ahead log, spill directory), and a git
+    checkout's ``.git`` (its config may hold credentials), resolved. A manifest root inside
+    one of them (the checkout lives in the state directory) still reads its own files."""
+    paths = [state_dir, db, db.with_name(db.name + ".wal"), db.with_suffix(".tmp")]
+    if git_checkout is not None:
+        paths.append(git_checkout / ".git")
+    return tuple(p.resolve() for p in paths)
 
 
 def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path] | None:
@@ -84,7 +116,9 @@ def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path]
     return files
 
 
-def cache_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[tuple[str, str]]:
+def cache_files(
+    manifest: Manifest, *, base_dir: Path, root: Path, forbidden: Sequence[Path] = ()
+) -> list[tuple[str, str]]:
     """The text of each file named in the ``cache`` block, as (relative name, text)."""
     assert manifest.spec.cache is not None
     found = []
@@ -92,31 +126,36 @@ def cache_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[tuple
         field = f"cache.files.{index}"
         try:
             if any(ch in pattern for ch in "*?["):
-                paths = confine_glob(pattern, base_dir=base_dir, root=root)
+                paths = confine_glob(pattern, base_dir=base_dir, root=root, forbidden=forbidden)
             else:
-                paths = [confine(pattern, base_dir=base_dir, root=root)]
-        except (PathEscapeError, FileNotFoundError) as exc:
+                paths = [confine_file(pattern, base_dir=base_dir, root=root, forbidden=forbidden)]
+        except PathError as exc:
             raise ManifestError(str(exc), field=field) from None
         for path in paths:
-            if not path.is_file():
-                raise ManifestError(f"no such file: {pattern} (looked at {path})", field=field)
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise ManifestError(
                     f"{path.name} is not UTF-8 text; only text files can be cached", field=field
                 ) from None
+            except OSError as exc:
+                reason = f"cannot read {path.name}: {exc.strerror}"
+                raise ManifestError(reason, field=field) from None
             found.append((str(path.relative_to(root)), text))
     return found
 
 
-def _relation(
-    con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, scratch: Path
-) -> str:
+def _relation(con: Connection, manifest: Manifest, build: _Build) -> str:
     """SQL for the source's rows (a table function call or a temp table name)."""
     source = manifest.spec.source
     if source.path is not None:
-        files = _files(manifest, field="path", base_dir=base_dir, root=root)
+        files = _files(
+            manifest,
+            field="path",
+            base_dir=build.base_dir,
+            root=build.root,
+            forbidden=build.forbidden,
+        )
         kind = source.format or FORMATS.get(files[0].suffix.lower())
         if kind is None:
             raise ManifestError(
@@ -135,12 +174,20 @@ def _relation(
     if source.rows is not None:
         if not source.rows:
             raise ManifestError("rows is empty", field="source.rows")
-        inline = scratch / "rows.json"
+        inline = build.scratch / "rows.json"
         inline.write_text(json.dumps(source.rows, ensure_ascii=False, default=str))
         return f"read_json({literal(str(inline))}, format = 'array')"
     if source.query is not None:
-        rows = scratch / "query.parquet"
-        query_source.run(source.query, base_dir=base_dir, root=root, out=rows)
+        rows = query_source.run(
+            source.query,
+            base_dir=build.base_dir,
+            root=build.root,
+            scratch=build.scratch,
+            timeout_s=source.timeout_s,
+            forbidden=build.forbidden,
+            max_rows=build.query_rows,
+            cancel=build.cancel,
+        )
         return f"read_parquet({literal(str(rows))})"
     raise AssertionError("requests sources are read by _passthrough")
 
@@ -149,15 +196,13 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def _load(
-    con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, scratch: Path
-) -> tuple[str, list[tuple[str, str]]]:
+def _load(con: Connection, manifest: Manifest, build: _Build) -> tuple[str, list[tuple[str, str]]]:
     """The source's rows as SQL (read when the set is written) and their columns.
 
     Binding a CSV reader sniffs the file (~60 ms), so it is bound twice only: here and in
     the one statement that writes the set.
     """
-    relation = _relation(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
+    relation = _relation(con, manifest, build)
     try:
         described = con.execute(f"describe select * from {relation}").fetchall()
     except Error as exc:
@@ -166,7 +211,7 @@ def _load(
 
 
 def _unreadable(manifest: Manifest, exc: Exception) -> ManifestError:
-    field = "source.path" if manifest.spec.source.path else "source.rows"
+    field = f"source.{manifest.spec.source.kind}"
     return ManifestError(f"cannot read the source: {_first_line(exc)}", field=field)
 
 
@@ -189,6 +234,34 @@ def _render_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
             )
         pieces.append(f"coalesce(cast({ident(actual)} as varchar), '')")
     return "concat(" + ", ".join(pieces or ["''"]) + ")"
+
+
+def _column(name: str, columns: list[tuple[str, str]], *, field: str, what: str) -> str:
+    """The source column called ``name`` (case-insensitively), as SQL; else a located error."""
+    names = {n.lower(): n for n, _ in columns}
+    if name.lower() not in names:
+        available = ", ".join(n for n, _ in columns)
+        raise ManifestError(f"no column {name!r} for {what} (columns: {available})", field=field)
+    return ident(names[name.lower()])
+
+
+def _embedding_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> tuple[str, str]:
+    """SQL for an embedding's per-row title (`` || ...``: ``,"title":<json>``, or nothing when
+    NULL) and for the set's vector-size column; two empty strings for generation."""
+    spec = manifest.spec
+    if spec.task != "embed":
+        return "", ""
+    title = ""
+    if spec.embedding is not None and spec.embedding.title_column is not None:
+        column = _column(
+            spec.embedding.title_column,
+            columns,
+            field="embedding.title_column",
+            what="the title",
+        )
+        named = literal(',"title":')
+        title = f" || coalesce({named} || to_json(cast({column} as varchar))::varchar, '')"
+    return title, f", {int(spec.dimensions or 0)}::integer as {ident(EMBED_DIMENSIONS_COLUMN)}"
 
 
 def _key_sql(manifest: Manifest, columns: list[tuple[str, str]]) -> str:
@@ -252,72 +325,87 @@ def _check_keys(con: Connection, written: str, source_keys: str) -> None:
 
 
 def build_requests(
-    manifest: Manifest, *, base_dir: Path, root: Path, out: Path, cache_digest: str = ""
+    manifest: Manifest,
+    *,
+    base_dir: Path,
+    root: Path,
+    out: Path,
+    cache_digest: str = "",
+    forbidden: Sequence[Path] = (),
+    query_rows: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> RequestSet:
-    """Render every source row into a request; write the set to ``out`` (Parquet, atomic)."""
+    """Render every source row into a request; write the set to ``out`` (Parquet, atomic).
+
+    ``forbidden`` (see ``private_paths``) are files no source may read. ``query_rows`` cuts
+    a query source to that many rows (validation needs columns and a sample, not the whole
+    query); ``cancel`` stops a running query (the daemon's stop event).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gbatch-build-", dir=out.parent) as scratch_dir:
-        scratch = Path(scratch_dir)
-        con = memory(temp_dir=scratch / "spill", ordered=False)
+        build = _Build(
+            base_dir=base_dir,
+            root=root,
+            scratch=Path(scratch_dir),
+            forbidden=tuple(p.resolve() for p in forbidden),
+            query_rows=query_rows,
+            cancel=cancel,
+        )
+        con = memory(temp_dir=build.scratch / "spill", ordered=False)
         try:
             if manifest.spec.source.requests is not None:
                 select, source_keys, columns = _passthrough(
-                    con,
-                    manifest,
-                    base_dir=base_dir,
-                    root=root,
-                    salt=hash_salt(manifest, cache_digest),
+                    con, manifest, build, salt=hash_salt(manifest, cache_digest)
                 )
             else:
                 select, source_keys, columns = _templated(
-                    con,
-                    manifest,
-                    base_dir=base_dir,
-                    root=root,
-                    scratch=scratch,
-                    cache_digest=cache_digest,
+                    con, manifest, build, cache_digest=cache_digest
                 )
             # Rendered, hashed and written in one streaming pass; checked on the file after.
-            partial = out.with_name(out.name + ".part")
-            try:
-                con.execute(f"copy ({select}) to {literal(str(partial))} ({SET_FORMAT})")
-            except Error as exc:
-                raise _unreadable(manifest, exc) from None
-            written = f"read_parquet({literal(str(partial))})"
-            _check_keys(con, written, source_keys)
-            count, size = con.execute(
-                f"select count(*), coalesce(sum(request_bytes), 0) from {written}"
-            ).fetchone() or (0, 0)
-            os.replace(partial, out)
+            with replacing(out) as partial:
+                try:
+                    con.execute(f"copy ({select}) to {literal(str(partial))} ({SET_FORMAT})")
+                except Error as exc:
+                    raise _unreadable(manifest, exc) from None
+                written = f"read_parquet({literal(str(partial))})"
+                _check_keys(con, written, source_keys)
+                count, size = con.execute(
+                    f"select count(*), coalesce(sum(request_bytes), 0) from {written}"
+                ).fetchone() or (0, 0)
         finally:
             con.close()
     return RequestSet(path=out, count=int(count), total_bytes=int(size), columns=columns)
 
 
 def _templated(
-    con: Connection,
-    manifest: Manifest,
-    *,
-    base_dir: Path,
-    root: Path,
-    scratch: Path,
-    cache_digest: str,
+    con: Connection, manifest: Manifest, build: _Build, *, cache_digest: str
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """The SELECT that renders every source row into a request, the source's keys in order
     (for error messages), and the stored source columns."""
-    relation, columns = _load(con, manifest, base_dir=base_dir, root=root, scratch=scratch)
+    relation, columns = _load(con, manifest, build)
     shape = request_shape(manifest, cache_digest=cache_digest)
     text = _render_sql(manifest, columns)
     key = _key_sql(manifest, columns)
     source_keys = f"(select {key} as key from {relation})"
     schema = manifest.spec.output_schema
     answers = {n.lower() for n, _ in schema_types.columns(schema)} if schema else set()
+    if manifest.spec.task == "embed":
+        answers.add("embedding")  # the vector's column
     extra, stored = _renamed(columns, answers)
+    title, dimensions = _embedding_sql(manifest, columns)
+    extra += dimensions
+    closing = (f"{literal(shape.close)}{title} || " if shape.close else "") + literal(shape.suffix)
     opening = literal(shape.prefix)
     assert manifest.spec.prompt is not None
     if manifest.spec.prompt.media:
         relation, parts = media.with_media(
-            con, manifest, relation=relation, columns=columns, base_dir=base_dir, root=root
+            con,
+            manifest,
+            relation=relation,
+            columns=columns,
+            base_dir=build.base_dir,
+            root=build.root,
+            forbidden=build.forbidden,
         )
         extra += ", columns('^__media_')"
         opening = f"{literal(PARTS_OPEN)} || {parts} || {literal(shape.prefix[len(PARTS_OPEN) :])}"
@@ -326,7 +414,7 @@ def _templated(
                strlen(request) as request_bytes{extra}
         from (
             select {key} as key,
-                   {opening} || to_json({text})::varchar || {literal(shape.suffix)} as request,
+                   {opening} || to_json({text})::varchar || {closing} as request,
                    *
             from {relation}
         )
@@ -335,11 +423,23 @@ def _templated(
 
 
 def _passthrough(
-    con: Connection, manifest: Manifest, *, base_dir: Path, root: Path, salt: str
+    con: Connection, manifest: Manifest, build: _Build, *, salt: str
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """The SELECT over a ready-made requests JSONL (checked line by line first), its keys
     in line order, and no source columns."""
-    (path,) = _files(manifest, field="requests", base_dir=base_dir, root=root)
+    paths = _files(
+        manifest,
+        field="requests",
+        base_dir=build.base_dir,
+        root=build.root,
+        forbidden=build.forbidden,
+    )
+    if len(paths) != 1:  # line numbers in messages must name one file
+        raise ManifestError(
+            f"requests names one file; {len(paths)} match {manifest.spec.source.requests!r}",
+            field="source.requests",
+        )
+    (path,) = paths
     try:
         con.execute(
             f"""
@@ -361,9 +461,11 @@ def _passthrough(
         raise ManifestError(
             f"line {bad[0]} of {path.name} has no request object", field="source.requests"
         )
+    _, dimensions = _embedding_sql(manifest, [])
     select = f"""
         select key, sha256({literal(salt)} || request::varchar) as request_hash,
                request::varchar as request, strlen(request::varchar) as request_bytes
+               {dimensions}
         from lines
         """
     return select, "(select key from lines order by row_number)", []
@@ -395,17 +497,17 @@ def write_jsonl(
         placeholder = json.dumps(CACHE_PLACEHOLDER)
         request = f"replace({request}, {literal(placeholder)}, {literal(json.dumps(cache_name))})"
     try:
-        partial = out.with_name(out.name + ".part")
-        con.execute(
-            f"""
-            copy (
-                select '{{"key":' || to_json(r.key::varchar) || ',"request":' || {request} || '}}'
-                from {relation}
-            ) to {literal(str(partial))}
-            (format csv, header false, quote '', escape '', delimiter '\x1f')
-            """
-        )
-        os.replace(partial, out)
+        with replacing(out) as partial:
+            con.execute(
+                f"""
+                copy (
+                    select '{{"key":' || to_json(r.key::varchar) || ',"request":' || {request}
+                        || '}}'
+                    from {relation}
+                ) to {literal(str(partial))}
+                (format csv, header false, quote '', escape '', delimiter '\x1f')
+                """
+            )
         row = con.execute(f"select count(*) from read_parquet({literal(str(requests))})").fetchone()
     finally:
         con.close()

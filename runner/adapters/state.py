@@ -20,7 +20,15 @@ from typing import Any, TextIO
 
 from runner.core.clock import Clock, SystemClock, stamp
 from runner.core.lifecycle import LIVE_PHASES, Phase, check_move
-from runner.core.records import CacheRow, JobRow, ManifestRow, columns
+from runner.core.records import (
+    EVENT_COLUMNS,
+    CacheRow,
+    JobRow,
+    KeptRows,
+    ManifestRow,
+    TableOwner,
+    columns,
+)
 from runner.errors import LockedError, StoreError
 
 # Ordered, named migrations (llm's pattern): each applied one is recorded by name, so adding
@@ -148,6 +156,50 @@ migration(
     """,
 )
 
+# The state's identity (the results file records which state writes it), the
+# table each manifest owns (seeded from the applied manifests, the earliest first), and
+# where each ingested job's history rows are kept for a rebuild.
+migration(
+    "results-integrity",
+    """
+    create table identity (id text not null, created_at text not null, results_db text);
+    insert into identity (id, created_at)
+        select lower(hex(randomblob(16))), strftime('%Y-%m-%dT%H:%M:%fZ');
+    create table table_owners (
+        table_name text primary key,
+        manifest text not null,
+        path text not null,
+        since text not null
+    );
+    insert or ignore into table_owners
+        select table_name, name, path, updated_at from manifests order by updated_at;
+    create table kept_rows (
+        job integer primary key,
+        table_name text not null,
+        label text not null,
+        rows integer not null,
+        kind text not null,
+        at text not null
+    );
+    """,
+)
+
+migration(
+    "cache-storage-cost",
+    """
+    alter table caches add column tokens integer not null default 0;
+    alter table caches add column cost_usd real not null default 0;
+    """,
+)
+# What a job's requests ask for: "generate" (answers) or "embed" (vectors; an embeddings
+# batch is created by another call). Every job recorded before this column generated.
+migration(
+    "job-task",
+    """
+    alter table jobs add column task text not null default 'generate';
+    """,
+)
+
 # Kinds of job: a remote batch job, or answers copied from the answer store (never sent).
 JOB_KINDS = ("batch", "reuse")
 
@@ -158,6 +210,41 @@ _NUMBERED = {number: name for number, (name, _) in enumerate(MIGRATIONS[:6], sta
 _CACHE_COLUMNS = columns(CacheRow)
 _JOB_COLUMNS = columns(JobRow)
 _MANIFEST_COLUMNS = columns(ManifestRow)
+_KEPT_COLUMNS = columns(KeptRows)
+_OWNER_COLUMNS = columns(TableOwner)
+
+
+def _owners(db: sqlite3.Connection) -> list[TableOwner]:
+    """The recorded owners; a manifest's table with no owner row counts as its own."""
+    tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+    owners: list[TableOwner] = []
+    if "table_owners" in tables:
+        rows = db.execute(f"select {_OWNER_COLUMNS} from table_owners order by since")
+        owners = [TableOwner(*row) for row in rows]
+    taken = {o.table_name for o in owners}
+    for name, path, table, since in db.execute(
+        "select name, path, table_name, updated_at from manifests order by updated_at"
+    ):
+        if table not in taken:
+            owners.append(TableOwner(table, name, path, since))
+            taken.add(table)
+    return owners
+
+
+def read_table_owners(path: Path) -> list[TableOwner]:
+    """The table owners of the state at ``path``, read without creating or migrating it
+    (``validate`` must leave the state as it found it); none when there is no state yet."""
+    StateStore.check_not_lost(path)  # an emptied state that did work is refused, not read
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+        try:
+            return _owners(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"state database {path}: {exc}") from exc
 
 
 class StateStore:
@@ -173,7 +260,7 @@ class StateStore:
         self.path = path
         self.clock = clock or SystemClock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._check_not_lost(path)
+        self.check_not_lost(path)
         try:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self._db.execute("pragma journal_mode=wal")
@@ -193,7 +280,7 @@ class StateStore:
         self._db.close()
 
     @staticmethod
-    def _check_not_lost(path: Path) -> None:
+    def check_not_lost(path: Path) -> None:
         """Refuse an emptied database in a state directory that has done work before."""
         empty = not path.exists() or path.stat().st_size == 0
         worked = any(
@@ -351,12 +438,30 @@ class StateStore:
         return [JobRow(*row) for row in rows]
 
     # -- context caches ----------------------------------------------------------------------
-    def add_cache(self, *, name: str, manifest: str, digest: str, model: str, expire: str) -> None:
+    def add_cache(
+        self,
+        *,
+        name: str,
+        manifest: str,
+        digest: str,
+        model: str,
+        expire: str,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         with self.transaction() as db:
             db.execute(
-                f"insert or replace into caches ({_CACHE_COLUMNS}) values (?, ?, ?, ?, ?, ?, null)",
-                (name, manifest, digest, model, expire, self.now()),
+                f"insert or replace into caches ({_CACHE_COLUMNS}) "
+                "values (?, ?, ?, ?, ?, ?, null, ?, ?)",
+                (name, manifest, digest, model, expire, self.now(), tokens, cost_usd),
             )
+
+    def cache_cost(self, manifest: str) -> float:
+        """What the manifest's context caches cost in storage so far (deleted ones too)."""
+        row = self._db.execute(
+            "select coalesce(sum(cost_usd), 0) from caches where manifest = ?", (manifest,)
+        ).fetchone()
+        return float(row[0]) if row else 0.0
 
     def update_cache(self, name: str, **values: Any) -> None:
         assignments = ", ".join(f"{c} = ?" for c in values)
@@ -437,6 +542,84 @@ class StateStore:
                 "insert into events (at, manifest, job, kind, message) values (?, ?, ?, ?, ?)",
                 (self.now(), manifest, job, kind, message),
             )
+
+    def events_of(self, kinds: tuple[str, ...], *, limit: int = 5) -> list[tuple[str, str]]:
+        """The newest events of these kinds as (at, message), newest first."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._db.execute(
+            f"select at, message from events where kind in ({marks}) order by id desc limit ?",
+            (*kinds, limit),
+        )
+        return [(str(at), str(message)) for at, message in rows]
+
+    # -- identity, table owners, kept rows (gbatch#13) ---------------------------------------
+    def identity(self) -> str:
+        """This state's id: the results file records it, so a second state cannot write it."""
+        row = self._db.execute("select id from identity").fetchone()
+        assert row is not None  # inserted by the migration
+        return str(row[0])
+
+    def verified_results(self) -> str | None:
+        """The results file this state last verified it writes (resolved path), if any."""
+        row = self._db.execute("select results_db from identity").fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def set_verified_results(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("update identity set results_db = ?", (path,))
+
+    def table_owners(self) -> list[TableOwner]:
+        return _owners(self._db)
+
+    def record_owners(self, owners: list[tuple[str, str, str]]) -> None:
+        """(table, manifest, path): a table not owned yet becomes the manifest's; an owner's
+        path is kept current. Never takes a table from another manifest (see ``move_table``)."""
+        with self.transaction() as db:
+            db.executemany(
+                "insert into table_owners values (?, ?, ?, ?) on conflict(table_name) do update "
+                "set path = excluded.path where table_owners.manifest = excluded.manifest",
+                [(table, manifest, path, self.now()) for table, manifest, path in owners],
+            )
+
+    def move_table(self, table: str, manifest: str) -> TableOwner | None:
+        """Give ``table`` to ``manifest`` (the explicit act); the previous owner, if any."""
+        before = {o.table_name: o for o in self.table_owners()}.get(table)
+        row = self.manifest(manifest)
+        with self.transaction() as db:
+            db.execute(
+                "insert into table_owners values (?, ?, ?, ?) on conflict(table_name) do update "
+                "set manifest = excluded.manifest, path = excluded.path, since = excluded.since",
+                (table, manifest, row.path if row else "", self.now()),
+            )
+        return before
+
+    def kept_rows(self) -> dict[int, KeptRows]:
+        rows = self._db.execute(f"select {_KEPT_COLUMNS} from kept_rows order by job")
+        return {int(row[0]): KeptRows(*row) for row in rows}
+
+    def record_kept(self, *, job: int, table: str, label: str, rows: int, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                f"insert or replace into kept_rows ({_KEPT_COLUMNS}) values (?, ?, ?, ?, ?, ?)",
+                (job, table, label, rows, kind, self.now()),
+            )
+
+    EVENT_COLUMNS = EVENT_COLUMNS
+
+    def events(
+        self, *, manifest: str | None = None, after: int = 0, newest: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Events (``EVENT_COLUMNS``) with an id above ``after``, oldest first; ``newest``
+        keeps only that many of the latest (read with a limit, not the whole log)."""
+        where: list[str] = ["id > ?"]
+        args: list[Any] = [after]
+        if manifest is not None:
+            where.append("manifest = ?")
+            args.append(manifest)
+        query = f"select {', '.join(self.EVENT_COLUMNS)} from events where {' and '.join(where)}"
+        if newest is not None:
+            query = f"select * from ({query} order by id desc limit {int(newest)}) order by id"
+        return list(self._db.execute(query + ("" if newest else " order by id"), args))
 
     def summary(self) -> dict[str, list[tuple[Any, ...]]]:
         """Aggregates for metrics: manifests by status, jobs by phase and remote state."""

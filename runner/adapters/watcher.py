@@ -9,7 +9,6 @@ Constructed by the daemon.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,18 +16,16 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-IGNORED_NAMES = ("*~", "*.swp", "*.swx", "*.swo", "4913", "*.tmp", "*.part", "#*#")
+from runner.core.paths import hidden_or_temp
 
 
 def ignored(path: Path, root: Path) -> bool:
-    """True for paths no manifest can be: hidden anywhere below root, swap or temp files."""
+    """True for paths no manifest can be: outside root, hidden below it, swap or temp files
+    (the loader's own rule, ``runner.core.paths.hidden_or_temp``)."""
     try:
-        parts = path.relative_to(root).parts
+        return hidden_or_temp(path.relative_to(root))
     except ValueError:
         return True
-    if any(part.startswith(".") for part in parts):
-        return True
-    return any(fnmatch.fnmatch(path.name, pattern) for pattern in IGNORED_NAMES)
 
 
 class _Handler(FileSystemEventHandler):

@@ -12,7 +12,10 @@ from runner.errors import (
     LockedError,
     ManifestError,
     StoreError,
+    UsageError,
 )
+
+__all__ = ["EXIT_CODES", "UsageError", "exit_code"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, but work failed (jobs failed, rows failed, blocked)
@@ -21,8 +24,10 @@ EXIT_BACKEND = 3  # the API refused or could not be reached
 EXIT_STORE = 4  # the state or results database failed
 EXIT_LOCKED = 5  # another gbatch owns the state directory (or the results file)
 
+
 EXIT_CODES: tuple[tuple[type[GbatchError], int], ...] = (
     (ManifestError, EXIT_USAGE),
+    (UsageError, EXIT_USAGE),
     (BackendError, EXIT_BACKEND),
     (StoreError, EXIT_STORE),
     (LockedError, EXIT_LOCKED),

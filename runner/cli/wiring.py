@@ -1,30 +1,142 @@
-"""Which store implements each port, from the settings: the one place that decides it.
+"""Wiring shared by the commands: settings, the stores, the Runtime, the manifests a command
+works on.
 
-``GBATCH_STATE_URL`` unset: the SQLite state under ``GBATCH_STATE_DIR`` with its process lock,
-and a process that always leads; ``postgresql://...``: the shared Postgres state, where one
-of several processes leads (``runner.adapters.pg_state``). ``GBATCH_DB`` a path: the DuckDB
-results file; ``ducklake:...``: a DuckLake (``runner.adapters.lake``). The Postgres and lake
-adapters are imported only when asked for (they need ``gbatch[team]``). Called by
-``runner.cli.commands``.
+``runtime`` builds the one Runtime of a command (state store, result store, leadership,
+Gemini backend, prices); with ``need_key=False`` (``plan --no-count-tokens``, ``diff``) a
+backend that refuses every call stands in, so no API key is needed and none can be used by
+mistake.
+
+Which store implements each port is decided here, from the settings, and only here (#18):
+``GBATCH_STATE_URL`` unset: the SQLite state under ``GBATCH_STATE_DIR`` with its process
+lock, and a process that always leads; ``postgresql://...``: the shared Postgres state,
+where one of several processes leads (``runner.adapters.pg_state``). ``GBATCH_DB`` a path:
+the DuckDB results file; ``ducklake:...``: a DuckLake (``runner.adapters.lake``). The
+Postgres and lake adapters are imported only when asked for (they need ``gbatch[team]``).
+Called by the commands, the status page and the metrics endpoint.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from runner.adapters import sources
+from runner.adapters.gemini import GeminiBackend
 from runner.adapters.results import ResultsDb
-from runner.adapters.state import ProcessLock, StateStore
-from runner.core.clock import Clock
-from runner.core.ports import Leadership, ResultStore, State
+from runner.adapters.state import ProcessLock, StateStore, read_table_owners
+from runner.cli.exits import UsageError
+from runner.core.clock import Clock, SystemClock
+from runner.core.jobs import RemoteJob
+from runner.core.loader import LoadedManifest
+from runner.core.ports import Leadership, ResultStore, State, UploadedFile
+from runner.core.pricing import load_prices
+from runner.core.records import TableOwner
+from runner.engine import integrity
 from runner.engine.leadership import SoleLeader
-from runner.errors import GbatchError
-from runner.settings import Settings
+from runner.engine.runtime import Runtime
+from runner.engine.selection import Selector
+from runner.engine.validate import validate
+from runner.errors import (
+    GbatchError,
+    LockedError,
+    ManifestError,
+    ManifestErrors,
+    PermanentBackendError,
+)
+from runner.settings import Settings, retry_policy
 
 if TYPE_CHECKING:
     from runner.adapters.pg_state import PgState
 
+NO_KEY = (
+    "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY); for the local emulator any value works"
+)
 
+
+CliSettings = Settings  # the commands' settings: runner.settings.Settings, the one class
+
+
+def load_settings(*, log_format: str | None) -> CliSettings:
+    overrides: dict[str, Any] = {"log_format": log_format} if log_format else {}
+    return CliSettings(**overrides)
+
+
+def secrets(settings: CliSettings) -> list[str]:
+    """What must never be printed or logged."""
+    return [s.get_secret_value() for s in (settings.api_key, settings.ui_token) if s is not None]
+
+
+class KeylessBackend:
+    """A Backend for work that must not call the API: every call says why it cannot."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    @property
+    def api_errors(self) -> Mapping[str, int]:
+        return {}
+
+    def _refuse(self) -> GbatchError:
+        return PermanentBackendError(self.why)
+
+    def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
+        raise self._refuse()
+
+    def upload_media(self, path: Path, *, mime_type: str, display_name: str) -> UploadedFile:
+        raise self._refuse()
+
+    def file_exists(self, name: str) -> bool:
+        raise self._refuse()
+
+    def delete_file(self, name: str) -> None:
+        raise self._refuse()
+
+    def create_job(
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
+    ) -> RemoteJob:
+        raise self._refuse()
+
+    def list_jobs(self, *, max_pages: int | None = None) -> Iterator[RemoteJob]:
+        raise self._refuse()
+
+    def get_job(self, name: str) -> RemoteJob:
+        raise self._refuse()
+
+    def cancel_job(self, name: str) -> None:
+        raise self._refuse()
+
+    def download_results(
+        self, job: RemoteJob, dest: Path, *, keys: Collection[str] | None = None
+    ) -> None:
+        raise self._refuse()
+
+    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int:
+        raise self._refuse()
+
+    def create_cache(
+        self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
+    ) -> tuple[str, str]:
+        raise self._refuse()
+
+    def find_cache(self, display_name: str) -> tuple[str, str] | None:
+        raise self._refuse()
+
+    def extend_cache(self, name: str, *, ttl_s: float) -> str:
+        raise self._refuse()
+
+    def delete_cache(self, name: str) -> None:
+        raise self._refuse()
+
+
+# -- the stores (#18) ------------------------------------------------------------------------
 def _pg() -> type[PgState]:
     try:
         from runner.adapters.pg_state import PgState
@@ -36,12 +148,32 @@ def _pg() -> type[PgState]:
 
 
 def open_state(settings: Settings, *, clock: Clock | None = None) -> State:
+    """The state store the settings name: SQLite under the state directory, or Postgres."""
     if settings.state_url is None:
         return StateStore(settings.state_db, clock=clock)
     url = settings.state_url.get_secret_value()
     if not url.startswith(("postgresql://", "postgres://")):
         raise GbatchError("GBATCH_STATE_URL must be a postgresql:// URL (or unset for SQLite)")
     return _pg()(url, clock=clock, lease_s=settings.leader_lease_s)
+
+
+@contextmanager
+def state_of(settings: Settings) -> Iterator[State]:
+    """The state, opened for one read (status, events, query, the status page, metrics)."""
+    state = open_state(settings)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def table_owners(settings: Settings) -> list[TableOwner]:
+    """The state's table owners for validate and plan: a SQLite state is read without being
+    created or migrated; a shared state is read where it is."""
+    if settings.state_url is None:
+        return read_table_owners(settings.state_db)
+    with state_of(settings) as state:
+        return state.table_owners()
 
 
 def _shared(state: State) -> PgState | None:
@@ -68,6 +200,7 @@ def process_lock(settings: Settings) -> AbstractContextManager[object]:
 
 
 def open_results(settings: Settings) -> ResultStore:
+    """The result store ``GBATCH_DB`` names: a DuckDB file, or a DuckLake."""
     from runner.adapters import lake  # duckdb only, like results.py; the extensions load late
 
     spec = lake.parse(str(settings.db), data_path=settings.lake_data_path)
@@ -84,3 +217,85 @@ def state_lines(state: State) -> list[str]:
     epoch, holder, age = shared.leader()
     beat = f", heartbeat {age:.1f}s ago" if age is not None else ""
     return [f"state: {shared.where}; leader {holder or 'none yet'} (epoch {epoch}{beat})"]
+
+
+@contextmanager
+def runtime(
+    settings: Settings,
+    *,
+    work_dir: Path | None = None,
+    clock: Clock | None = None,
+    need_key: bool = True,
+    lead: bool = False,
+) -> Iterator[Runtime]:
+    """The wired Runtime; ``lead``: take the lead of a shared state now (LockedError when
+    another process leads it), as ``apply`` must; ``watch`` waits for it in the daemon."""
+    clock = clock or SystemClock()
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if need_key and not key:
+        raise GbatchError(NO_KEY)
+    state = open_state(settings, clock=clock)
+    leadership = leadership_for(state)
+    backend = (
+        GeminiBackend(
+            api_key=key,
+            base_url=settings.base_url,
+            api_version=settings.api_version,
+            timeout_s=settings.http_timeout_s,
+            retry=retry_policy(settings),
+        )
+        if need_key and key
+        else KeylessBackend("this command does not call the API")
+    )
+    try:
+        if lead and not leadership.lead():
+            raise LockedError(
+                f"{leadership.holder() or 'another process'} leads the shared state; one "
+                "gbatch apply or watch acts on it at a time (the others stand by)"
+            )
+        yield Runtime(
+            settings=settings,
+            state=state,
+            backend=backend,
+            prices=load_prices(settings.prices_file),
+            work_dir=work_dir or settings.state_dir,
+            clock=clock,
+            result_store=open_results(settings),
+            leadership=leadership,
+        )
+    finally:
+        leadership.release()
+        state.close()
+
+
+def selector(texts: Sequence[str]) -> Selector:
+    try:
+        return Selector.parse(texts)
+    except ValueError as exc:
+        raise UsageError(f"--selector: {exc}") from None
+
+
+def private(settings: Settings) -> tuple[Path, ...]:
+    """gbatch's own files, which no manifest source may read."""
+    return sources.private_paths(state_dir=settings.state_dir, db=settings.db)
+
+
+def checked(
+    paths: Sequence[Path], settings: Settings
+) -> tuple[list[LoadedManifest], list[ManifestError]]:
+    """Every manifest under ``paths`` that is valid, and every problem: its data (away from
+    gbatch's own files) and its table name against every table the state knows."""
+    loaded, errors = validate(paths, forbidden=private(settings))
+    loaded = integrity.refuse_collisions(loaded, errors, owners=table_owners(settings))
+    return loaded, errors
+
+
+def validated(paths: Sequence[Path], chosen: Selector, settings: Settings) -> list[LoadedManifest]:
+    """Every manifest under ``paths`` that the selector picks; all must be valid."""
+    loaded, errors = checked(paths, settings)
+    if errors:
+        raise ManifestErrors(errors)
+    picked = [item for item in loaded if chosen.matches(item.manifest.metadata.labels)]
+    if loaded and not picked:
+        raise UsageError(f"no manifest under {', '.join(map(str, paths))} matches {chosen}")
+    return picked

@@ -1,9 +1,13 @@
 """Loading manifest files: YAML text in, validated manifests or located errors out.
 
 YAML is composed (``yaml.SafeLoader``) into nodes that keep their line and column, then
-built into plain values here, with caps on size, node count (alias bombs) and depth. Every
-pydantic error is mapped back to its node, so messages read ``file:line:col: field: problem``.
-Reading a file is the only I/O. Called by validate, plan, apply and the daemon.
+built into plain values here, with caps on size (before parsing), depth (while composing:
+PyYAML's composer recurses, so a deep file must be refused before it does) and node count
+(while building: aliases can multiply nodes). Every pydantic error is mapped back to its
+node, so messages read ``file:line:col: field: problem``. A file that cannot be read or holds
+no manifest is an error located at the file, like any invalid file, so callers (the daemon)
+can tell "invalid" from "deleted". Reading a file is the only I/O. Called by validate, plan,
+apply and the daemon.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from runner.core import template
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
-from runner.core.paths import PathEscapeError, confine
+from runner.core.paths import PathError, confine, hidden_or_temp
 from runner.errors import Location, ManifestError, ManifestErrors
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -31,7 +37,6 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 ENVELOPE_KEYS = ("apiVersion", "kind", "metadata", "spec")
 SUFFIXES = (".yaml", ".yml")
-TEMP_PATTERNS = re.compile(r"(~$|^\.#|\.sw[a-p]$|^4913$|\.tmp$|\.part$)")
 
 
 @dataclass(frozen=True)
@@ -70,19 +75,20 @@ class _Builder:
     def build(self, node: yaml.Node, depth: int = 0) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _Refused(f"more than {MAX_NODES} YAML nodes (alias bomb?)", node)
-        if depth > MAX_DEPTH:
-            raise _Refused(f"nested deeper than {MAX_DEPTH} levels", node)
+            raise _Refused(f"more than {MAX_NODES} YAML nodes (alias bomb?)", node.start_mark)
+        if depth > MAX_DEPTH:  # aliases can nest a tree the composer saw as shallow
+            raise _Refused(_TOO_DEEP, node.start_mark)
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             first_line: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 key = self.build(key_node, depth + 1)
                 if not isinstance(key, str | int | float | bool) and key is not None:
-                    raise _Refused("mapping keys must be plain scalars", key_node)
+                    raise _Refused("mapping keys must be plain scalars", key_node.start_mark)
                 if key in result:  # YAML forbids it; a silent "last one wins" hides mistakes
                     raise _Refused(
-                        f"duplicate key {key!r} (first at line {first_line[key]})", key_node
+                        f"duplicate key {key!r} (first at line {first_line[key]})",
+                        key_node.start_mark,
                     )
                 first_line[key] = key_node.start_mark.line + 1
                 result[key] = self.build(value_node, depth + 1)
@@ -93,11 +99,34 @@ class _Builder:
 
 
 class _Refused(Exception):
-    """A document refused while building values (too big, too deep, duplicate keys)."""
+    """A document refused while composing or building (too big, too deep, duplicate keys)."""
 
-    def __init__(self, message: str, node: yaml.Node) -> None:
+    def __init__(self, message: str, mark: yaml.Mark) -> None:
         super().__init__(message)
-        self.node = node
+        self.mark = mark
+
+    def location(self, path: Path) -> Location:
+        return Location(path, self.mark.line + 1, self.mark.column + 1)
+
+
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer counts nesting and stops before it recurses too deep."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:  # the document's own node is depth 1
+                raise _Refused(_TOO_DEEP, self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _find(node: Any, parts: Sequence[str | int]) -> yaml.Node | None:
@@ -136,8 +165,12 @@ def load_text(text: str, *, path: Path, root: Path) -> list[LoadedManifest]:
     """Every manifest in ``text``; raises ManifestErrors listing every problem, located."""
     errors: list[ManifestError] = []
     manifests: list[LoadedManifest] = []
+    if not text.strip():
+        raise ManifestErrors([_empty(path)])
     try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents = list(yaml.compose_all(text, Loader=_Loader))
+    except _Refused as exc:
+        raise ManifestErrors([ManifestError(str(exc), location=exc.location(path))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
@@ -147,7 +180,9 @@ def load_text(text: str, *, path: Path, root: Path) -> list[LoadedManifest]:
     except yaml.YAMLError as exc:
         error = ManifestError(f"invalid YAML: {exc}", location=Location(path))
         raise ManifestErrors([error]) from None
-    documents = [d for d in documents if d is not None]
+    documents = [d for d in documents if not _blank(d)]
+    if not documents:
+        raise ManifestErrors([_empty(path)])
     unnamed = sum(
         1 for d in documents if isinstance(d, yaml.MappingNode) and _short_without_name(d)
     )
@@ -160,10 +195,7 @@ def load_text(text: str, *, path: Path, root: Path) -> list[LoadedManifest]:
         try:
             value = _Builder().build(node)
         except _Refused as exc:
-            mark = exc.node.start_mark
-            errors.append(
-                ManifestError(str(exc), location=Location(path, mark.line + 1, mark.column + 1))
-            )
+            errors.append(ManifestError(str(exc), location=exc.location(path)))
             continue
         except yaml.YAMLError as exc:
             errors.append(ManifestError(f"invalid YAML value: {exc}", location=start))
@@ -193,6 +225,24 @@ def load_text(text: str, *, path: Path, root: Path) -> list[LoadedManifest]:
     if errors:
         raise ManifestErrors(sorted(errors, key=_position))
     return manifests
+
+
+def _blank(node: yaml.Node | None) -> bool:
+    """No document, or an empty one (a lone or trailing ``---``)."""
+    return node is None or (
+        isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG and node.value == ""
+    )
+
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+def _empty(path: Path) -> ManifestError:
+    """An emptied file is a broken manifest, not a removed one: its last good version stays."""
+    return ManifestError(
+        "empty manifest: the file holds no YAML document (delete the file to remove its manifests)",
+        location=Location(path),
+    )
 
 
 def _short_without_name(node: yaml.MappingNode) -> bool:
@@ -270,7 +320,7 @@ def _validate(
             prefix = relative.split("*")[0] or "."
             try:
                 confine(prefix, base_dir=path.parent, root=root)
-            except PathEscapeError as exc:
+            except PathError as exc:
                 error(str(exc), [*spec_parts, "source", field_name])
     if manifest.spec.cache is not None:
         if manifest.spec.prompt is None:
@@ -283,7 +333,7 @@ def _validate(
         for index, name in enumerate(manifest.spec.cache.files):
             try:
                 confine(name, base_dir=path.parent, root=root)
-            except PathEscapeError as exc:
+            except PathError as exc:
                 error(str(exc), [*spec_parts, "cache", "files", index])
     if manifest.spec.output_schema is not None:
         for message in _schema_problems(manifest.spec.output_schema):
@@ -343,34 +393,40 @@ def _known_fields(loc: Sequence[str | int]) -> list[str]:
 
 
 def load_file(path: Path, *, root: Path) -> list[LoadedManifest]:
-    """Read and load one manifest file, refusing oversized or non-UTF-8 files first."""
+    """Read and load one manifest file, refusing unreadable, oversized, non-UTF-8 or empty
+    files first (each an error located at the file)."""
+
+    def refused(message: str) -> ManifestErrors:
+        return ManifestErrors([ManifestError(message, location=Location(path))])
+
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestErrors(
-                [
-                    ManifestError(
-                        f"file is {size} bytes; manifests are capped at {MAX_MANIFEST_BYTES} bytes",
-                        location=Location(path),
-                    )
-                ]
-            )
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestErrors(
-            [ManifestError(f"not UTF-8 text: {exc.reason}", location=Location(path))]
-        ) from None
+        # O_NONBLOCK: a FIFO in the manifest's place must not hang the daemon on open
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise refused("not a regular file")
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
-        raise ManifestErrors(
-            [ManifestError(f"cannot read: {exc.strerror}", location=Location(path))]
-        ) from None
+        raise refused(f"cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise refused(f"cannot read: {exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        size = max(info.st_size, len(data))
+        raise refused(f"file is {size} bytes; manifests are capped at {MAX_MANIFEST_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refused(f"not UTF-8 text: {exc.reason}") from None
     return load_text(text, path=path, root=root)
 
 
-def _hidden_or_temp(relative: Path) -> bool:
-    return any(p.startswith(".") for p in relative.parts) or bool(
-        TEMP_PATTERNS.search(relative.name)
-    )
+def _present(candidate: Path) -> bool:
+    """A file, or something in its place that cannot be read (a dangling link, no access):
+    listed, so that loading it reports an error instead of the manifest looking deleted."""
+    try:
+        return candidate.is_symlink() or not candidate.is_dir()
+    except OSError:
+        return True
 
 
 def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -383,8 +439,8 @@ def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
                 relative = candidate.relative_to(root)
                 if (
                     candidate.suffix in SUFFIXES
-                    and candidate.is_file()
-                    and not _hidden_or_temp(relative)
+                    and not hidden_or_temp(relative)
+                    and _present(candidate)
                 ):
                     found.append((candidate, root))
         else:
@@ -398,9 +454,6 @@ def load_paths(paths: Sequence[Path]) -> tuple[list[LoadedManifest], list[Manife
     loaded: list[LoadedManifest] = []
     errors: list[ManifestError] = []
     for path, root in discover(paths):
-        if not path.exists():
-            errors.append(ManifestError("no such file", location=Location(path)))
-            continue
         try:
             loaded.extend(load_file(path, root=root))
         except ManifestErrors as exc:

@@ -2,8 +2,9 @@
 
 Adapters implement them (``runner.adapters.gemini.GeminiBackend``; the state stores in
 ``runner.adapters.state`` and ``runner.adapters.pg_state``; the result stores in
-``runner.adapters.results`` and ``runner.adapters.lake``); tests may pass fakes. The CLI
-picks the implementations from the settings (``runner.cli.wiring``).
+``runner.adapters.results`` and ``runner.adapters.lake``); tests pass fakes
+(``tests/fakes.py``). The backend is split by concern: files, jobs, caches, models. The CLI
+picks the stores from the settings (``runner.cli.wiring``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from runner.core.clock import Clock
 from runner.core.jobs import RemoteJob
 from runner.core.lifecycle import Phase
 from runner.core.pricing import Price
-from runner.core.records import CacheRow, IngestSummary, JobRow, ManifestRow
+from runner.core.records import (
+    CacheRow,
+    IngestSummary,
+    JobRow,
+    KeptRows,
+    ManifestRow,
+    Owner,
+    TableOwner,
+)
 
 
 @dataclass(frozen=True)
@@ -31,13 +40,8 @@ class UploadedFile:
     size: int = 0
 
 
-class Backend(Protocol):
-    """The Gemini Batch API, reduced to the calls gbatch makes."""
-
-    @property
-    def api_errors(self) -> Mapping[str, int]:
-        """Errors seen so far, by HTTP code or status (for metrics)."""
-        ...
+class Files(Protocol):
+    """Uploads the service holds for us (the Files API, or a bucket)."""
 
     def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
         """Upload a request file."""
@@ -55,12 +59,24 @@ class Backend(Protocol):
         """Delete an uploaded file; one already gone is not an error."""
         ...
 
+
+class Jobs(Protocol):
+    """Batch jobs: created once per intent, listed, followed, cancelled, downloaded."""
+
     def create_job(
-        self, *, model: str, display_name: str, src_file: str | None, inline: Path | None
+        self,
+        *,
+        model: str,
+        display_name: str,
+        src_file: str | None,
+        inline: Path | None,
+        task: str = "generate",
     ) -> RemoteJob:
         """Create a batch job from an uploaded file or from a small local JSONL sent inline.
 
-        Never retried here: an unclear outcome raises UnclearCreateError.
+        ``task``: ``generate`` (GenerateContent requests) or ``embed`` (EmbedContent
+        requests: an embeddings batch). Never retried here: an unclear outcome raises
+        UnclearCreateError.
         """
         ...
 
@@ -82,7 +98,9 @@ class Backend(Protocol):
         """
         ...
 
-    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...
+
+class Caches(Protocol):
+    """Context caches (explicit caching); a backend without them refuses in ``create_cache``."""
 
     def create_cache(
         self, *, model: str, body: dict[str, Any], ttl_s: float, display_name: str
@@ -101,8 +119,29 @@ class Backend(Protocol):
     def delete_cache(self, name: str) -> None: ...
 
 
+class Models(Protocol):
+    """What the planner asks of a model before anything is sent."""
+
+    def count_tokens(self, *, model: str, contents: list[dict[str, Any]]) -> int: ...
+
+
+class Backend(Files, Jobs, Caches, Models, Protocol):
+    """A batch service, by concern; the engine's modules each use the part they need.
+
+    Implemented by ``runner.adapters.gemini.GeminiBackend``; a new service is one adapter
+    implementing these, which owns its wire format (its input lines, and its result lines
+    normalised to ``{"key", "response" | "error"}``).
+    """
+
+    @property
+    def api_errors(self) -> Mapping[str, int]:
+        """Errors seen so far, by HTTP code or status (for metrics)."""
+        ...
+
+
 class State(Protocol):
-    """The runner's bookkeeping: manifests, jobs and their moves, caches, media, events.
+    """The runner's bookkeeping: manifests, jobs and their moves, caches, media, events, the
+    state's identity, table owners and kept rows (gbatch#13).
 
     ``runner.adapters.state.StateStore`` (SQLite, one process per state directory) and
     ``runner.adapters.pg_state.PgState`` (Postgres, several processes, one leader) implement
@@ -147,12 +186,23 @@ class State(Protocol):
 
     # context caches
     def add_cache(
-        self, *, name: str, manifest: str, digest: str, model: str, expire: str
+        self,
+        *,
+        name: str,
+        manifest: str,
+        digest: str,
+        model: str,
+        expire: str,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
     ) -> None: ...
     def update_cache(self, name: str, **values: Any) -> None: ...
     def caches(
         self, *, manifest: str | None = None, digest: str | None = None
     ) -> list[CacheRow]: ...
+    def cache_cost(self, manifest: str) -> float:
+        """What the manifest's context caches cost in storage so far (deleted ones too)."""
+        ...
 
     # media uploads
     def media_file(self, sha256: str) -> tuple[str, str] | None: ...
@@ -169,10 +219,28 @@ class State(Protocol):
     ) -> None: ...
     def invalid_files(self) -> list[tuple[str, str, str]]: ...
 
+    # the state's identity, table owners, kept rows (gbatch#13)
+    def identity(self) -> str: ...
+    def verified_results(self) -> str | None: ...
+    def set_verified_results(self, path: str) -> None: ...
+    def table_owners(self) -> list[TableOwner]: ...
+    def record_owners(self, owners: list[tuple[str, str, str]]) -> None: ...
+    def move_table(self, table: str, manifest: str) -> TableOwner | None: ...
+    def kept_rows(self) -> dict[int, KeptRows]: ...
+    def record_kept(self, *, job: int, table: str, label: str, rows: int, kind: str) -> None: ...
+
     # events, metrics, query
     def event(
         self, kind: str, message: str, *, manifest: str | None = None, job: int | None = None
     ) -> None: ...
+    def events_of(self, kinds: tuple[str, ...], *, limit: int = 5) -> list[tuple[str, str]]: ...
+    def events(
+        self, *, manifest: str | None = None, after: int = 0, newest: int | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Events (id, at, manifest, job, kind, message) with an id above ``after``, oldest
+        first; ``newest`` keeps only that many of the latest."""
+        ...
+
     def summary(self) -> dict[str, list[tuple[Any, ...]]]: ...
     def tables(self) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]: ...
 
@@ -204,11 +272,19 @@ class ResultStore(Protocol):
     """Where answers land and users query them: a DuckDB file (``runner.adapters.results``)
     or a DuckLake (``runner.adapters.lake``). The same tables, views and guarantees in both:
     ``<table>_history`` (every answer ever ingested), the ``<table>`` view of the current
-    rows, ``<table>_sources``, typed output-schema columns; one transaction per job ingest.
+    rows, ``<table>_sources``, typed output-schema columns; one transaction per job ingest;
+    ``owner``: the one state that writes it (LockedError for another).
 
-    Another store operation is one more method here, taking what ``results.py``'s function of
-    the same name takes minus ``results_db``.
+    The file's integrity checks and repairs (inspect, keep, restore, move aside) are
+    functions of the file, called by ``runner.engine.integrity`` when ``file`` is set; a lake
+    keeps its own snapshots in its catalog. Another store operation is one more method here,
+    taking what ``results.py``'s function of the same name takes minus ``results_db``.
     """
+
+    @property
+    def file(self) -> Path | None:
+        """The DuckDB file (None for a lake)."""
+        ...
 
     def ingest(
         self,
@@ -225,13 +301,22 @@ class ResultStore(Protocol):
         commit: str | None,
         paid: bool = True,
         on_schema_change: str = "add_columns",
+        keep: Path | None = None,
+        owner: Owner | None = None,
+        ingested_at: str | None = None,
     ) -> IngestSummary:
-        """One job's result lines into ``table``'s history and current view, atomically;
-        StoreBusyError when the store is held (the engine tries again next cycle)."""
+        """One job's result lines into ``table``'s history and current view, atomically
+        (``keep``: its rows copied there too); StoreBusyError when the store is held (the
+        engine tries again next cycle)."""
         ...
 
-    def show_current(self, *, table: str, current: Path) -> None:
+    def show_current(self, *, table: str, current: Path, owner: Owner | None = None) -> None:
         """Point ``table`` at the newest answer of each (key, hash) of the current version."""
+        ...
+
+    def claim(self, owner: Owner, *, take: bool = False, wait_s: float = 0.0) -> None:
+        """Make ``owner`` the store's writer; LockedError if another state is (unless
+        ``take``)."""
         ...
 
     def run_query(

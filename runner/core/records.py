@@ -1,4 +1,5 @@
-"""The rows that cross the store ports: a manifest, a job, a cache, an ingest's summary.
+"""The rows that cross the store ports: a manifest, a job, a cache, a table's owner, a job's
+kept rows, an ingest's summary.
 
 Values only (frozen dataclasses). Every state store (SQLite in ``runner.adapters.state``,
 Postgres in ``runner.adapters.pg_state``) returns these, and every result store returns an
@@ -12,6 +13,7 @@ from datetime import datetime
 
 from runner.core.clock import parse_time
 from runner.core.lifecycle import JobFacts, Phase
+from runner.core.manifest import Policy
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class JobRow:
     input_expires: str | None
     lookup_since: str | None
     cancel_reason: str | None
+    task: str = "generate"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))
@@ -83,6 +86,11 @@ class ManifestRow:
     updated_at: str
     policy: str
 
+    @property
+    def policy_spec(self) -> Policy:
+        """The manifest's policy as recorded, with the model's own defaults (one place)."""
+        return Policy.model_validate_json(self.policy or "{}")
+
 
 @dataclass(frozen=True)
 class CacheRow:
@@ -93,6 +101,35 @@ class CacheRow:
     expire_time: str
     created_at: str
     deleted_at: str | None
+    tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class TableOwner:
+    """The manifest (identity: its name) that may write ``table_name`` and its derived names."""
+
+    table_name: str
+    manifest: str
+    path: str
+    since: str
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    """Where one ingested job's history rows are kept outside the results file.
+
+    ``kind``: ``lines`` (the rows exactly as ingested), ``ledger`` (rebuilt from the ledger and
+    the answer store: failed lines' error details were not kept), ``lost`` (nothing to rebuild
+    from; counted so it is reported once, not retried every cycle).
+    """
+
+    job: int
+    table_name: str
+    label: str
+    rows: int
+    kind: str
+    at: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +144,20 @@ class IngestSummary:
     output_tokens: int
 
 
-def columns(row: type[JobRow] | type[ManifestRow] | type[CacheRow]) -> str:
+@dataclass(frozen=True)
+class Owner:
+    """A state's identity as the results store records it; ``state_dir`` is for messages."""
+
+    id: str
+    state_dir: str
+
+
+# The columns of an event row (``State.events``), in order.
+EVENT_COLUMNS = ("id", "at", "manifest", "job", "kind", "message")
+
+
+def columns(
+    row: type[JobRow] | type[ManifestRow] | type[CacheRow] | type[TableOwner] | type[KeptRows],
+) -> str:
     """The row's columns in order, for a ``select`` that builds it positionally."""
     return ", ".join(f.name for f in fields(row))

@@ -1,8 +1,10 @@
-"""The shape of one GenerateContentRequest built from a manifest, and the request hash.
+"""The shape of one request built from a manifest, and the request hash.
 
-Everything but the user text is the same for every row of a manifest, so the request is
-``prefix + json(text) + suffix``: the data plane renders and escapes the text inside DuckDB
-and glues these constant strings around it. Called by the data plane and the planner.
+A GenerateContentRequest (``task: generate``) or an EmbedContentRequest (``task: embed``).
+Everything but the user text (and an embedding's title) is the same for every row of a
+manifest, so the request is ``prefix + json(text) + close + [title] + suffix``: the data plane
+renders and escapes the text inside DuckDB and glues these constant strings around it.
+Called by the data plane and the planner.
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ from runner.core.manifest import Manifest
 CACHE_PLACEHOLDER = "cachedContents/__gbatch_cache__"
 MEDIA_PLACEHOLDER = "gbatch-media:"  # + the file's sha256; the uploaded file's uri replaces it
 PARTS_OPEN = '{"contents":[{"role":"user","parts":['
+EMBED_OPEN = '{"content":{"parts":['  # EmbedContentRequest: one content, not a list
+# A request set of ``task: embed`` carries its vector size in this column (the same value on
+# every row): the results ingest reads it to make ``embedding`` a FLOAT[N] column.
+EMBED_DIMENSIONS_COLUMN = "__embed_dimensions"
 
 
 @dataclass(frozen=True)
 class RequestShape:
     """The constant parts of every templated request of one manifest version."""
 
-    prefix: str  # up to the text part's value: PARTS_OPEN + '{"text":'
+    prefix: str  # up to the text part's value: PARTS_OPEN (or EMBED_OPEN) + '{"text":'
     suffix: str
     salt: str
+    close: str = ""  # embeddings: closes the content; a per-row title follows it
 
-    def render(self, text: str) -> str:
+    def render(self, text: str, title: str | None = None) -> str:
         """One request's JSON for a rendered prompt (the slow path: tests and small sets)."""
-        return self.prefix + json.dumps(text, ensure_ascii=False) + self.suffix
+        named = "" if title is None else ',"title":' + json.dumps(title, ensure_ascii=False)
+        return self.prefix + json.dumps(text, ensure_ascii=False) + self.close + named + self.suffix
 
 
 def request_fields(manifest: Manifest) -> dict[str, Any]:
@@ -88,12 +96,32 @@ def generation_config(manifest: Manifest) -> dict[str, Any]:
     return config
 
 
+def embed_fields(manifest: Manifest) -> dict[str, Any]:
+    """An EmbedContentRequest's fields other than ``content`` and ``title``, camelCase."""
+    declared = manifest.spec.embedding
+    fields: dict[str, Any] = {}
+    if declared is not None and declared.task_type is not None:
+        fields["taskType"] = declared.task_type
+    if declared is not None and declared.dimensions is not None:
+        fields["outputDimensionality"] = declared.dimensions
+    return fields
+
+
 def request_shape(manifest: Manifest, *, cache_digest: str = "") -> RequestShape:
     """Prefix, suffix and hash salt of a templated manifest's requests.
 
     ``cache_digest`` is the content hash of the cache (not its remote name), so a recreated
-    cache with the same content keeps every request hash.
+    cache with the same content keeps every request hash. An embedding's hash covers the
+    model (salt), the text, the title, the task type and the dimensions (the request).
     """
+    if manifest.spec.task == "embed":
+        rest = json.dumps(embed_fields(manifest), ensure_ascii=False, separators=(",", ":"))
+        return RequestShape(
+            prefix=EMBED_OPEN + '{"text":',
+            close="}]}",
+            suffix=("," + rest[1:]) if rest != "{}" else "}",
+            salt=hash_salt(manifest, cache_digest),
+        )
     rest = json.dumps(request_fields(manifest), ensure_ascii=False, separators=(",", ":"))
     prefix = PARTS_OPEN + '{"text":'
     suffix = "}]}]" + ("," + rest[1:] if rest != "{}" else "}")
@@ -114,3 +142,11 @@ def media_part(mime_type: str, sha256: str) -> str:
     """A ``fileData`` part naming a local file by content hash (its upload replaces it)."""
     data = {"fileData": {"mimeType": mime_type, "fileUri": MEDIA_PLACEHOLDER + sha256}}
     return json.dumps(data, separators=(",", ":")) + ","
+
+
+def token_contents(request: dict[str, Any]) -> list[Any]:
+    """What countTokens is asked to count for one request: its ``contents``, or an
+    embedding request's single ``content``."""
+    if "contents" in request:
+        return list(request["contents"])
+    return [request["content"]] if "content" in request else []

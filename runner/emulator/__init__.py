@@ -15,7 +15,10 @@ whose README names each source): 36-character lowercase batch ids, the result fi
 being over 40 characters, while download works), ``modelVersion`` as the model id, usage with
 ``promptTokensDetails``, ``batchStats`` from creation on, a cancelled job ending with the
 Operation ``error`` {code 1}, and failed lines carrying a google.rpc.Status (gRPC ``code``
-and ``message``, no ``status``).
+and ``message``, no ``status``). Embeddings batches (``asyncBatchEmbedContent``) are the same
+jobs with EmbedContent lines (deterministic unit vectors, ``tokenCount``); they count as
+``batches.create`` and take the same faults (``match=":asyncBatchEmbedContent"`` narrows a
+call fault to them).
 
 Faults (``Emulator.add_fault``, or POST the same fields as JSON to ``/_emulator/faults``).
 Each applies to the first ``times`` matching calls (default 1; None: every one); ``endpoint``

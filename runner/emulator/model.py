@@ -2,8 +2,10 @@
 
 Plain prompts are echoed ("echo: <prompt>"); a response schema gets JSON that validates
 against it, derived from the prompt; Google Search adds grounding metadata; usage counts
-come from one token estimate shared with countTokens. Called by the emulator's batch
-processing and countTokens handler.
+come from one token estimate shared with countTokens. An embedding request gets a unit vector
+hashed from its words and their trigrams (``embed``): the same text always gets the same
+vector, and texts that share words lie closer than texts that share none. Called by the
+emulator's batch processing and countTokens handler.
 
 Shapes follow the recorded replies in tests/fixtures/recorded/ (see its README):
 ``modelVersion`` is the model id as given (``gemini-2.5-flash``, no ``-001``), usage carries
@@ -17,6 +19,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,4 +221,92 @@ def _grounding(prompt: str, text: str) -> dict[str, Any]:
                 "groundingChunkIndices": [0, 1],
             },
         ],
+    }
+
+
+# -- embeddings --------------------------------------------------------------------------
+# EmbedContentRequest.taskType values the service accepts (ai.google.dev/api/embeddings).
+TASK_TYPES = frozenset(
+    {
+        "TASK_TYPE_UNSPECIFIED",
+        "RETRIEVAL_QUERY",
+        "RETRIEVAL_DOCUMENT",
+        "SEMANTIC_SIMILARITY",
+        "CLASSIFICATION",
+        "CLUSTERING",
+        "QUESTION_ANSWERING",
+        "FACT_VERIFICATION",
+        "CODE_RETRIEVAL_QUERY",
+    }
+)
+# The size of a vector when the request names none, and the largest asked for ("supports
+# 128 - 3072", the models page; the older text models return 768).
+EMBEDDING_SIZES = {"gemini-embedding-001": 3072, "gemini-embedding-2": 3072}
+DEFAULT_EMBEDDING_SIZE = 768
+MAX_EMBEDDING_SIZE = 3072
+
+
+def is_embedding_model(model: str) -> bool:
+    """Whether ``model`` makes embeddings (and so refuses batchGenerateContent)."""
+    return "embedding" in model.removeprefix("models/")
+
+
+def _features(text: str) -> dict[str, float]:
+    """What a vector is made of: each word (weight 1) and each of its trigrams (0.5)."""
+    weights: dict[str, float] = {}
+    for word in re.findall(r"\w+", text.lower()):
+        weights[f"w:{word}"] = weights.get(f"w:{word}", 0.0) + 1.0
+        padded = f"<{word}>"
+        for i in range(len(padded) - 2):
+            gram = f"g:{padded[i : i + 3]}"
+            weights[gram] = weights.get(gram, 0.0) + 0.5
+    return weights
+
+
+def embedding_values(text: str, size: int) -> list[float]:
+    """A unit vector of ``size`` for ``text``: every feature hashed to a signed position."""
+    vector = [0.0] * size
+    for feature, weight in _features(text).items():
+        h = _digest(feature)
+        vector[h % size] += weight if (h >> 40) & 1 else -weight
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    # as recorded lines print them: float32 precision (-0.034119852)
+    return [float(f"{v / norm:.8g}") for v in vector]
+
+
+def embed(request: Any, *, model: str) -> dict[str, Any]:
+    """The EmbedContentResponse of one batch line, as recorded (Cookbook Batch_mode.ipynb cell
+    48: ``{"tokenCount": "1", "embedding": {"values": [...]}}``), or LineError."""
+    if not isinstance(request, dict):
+        raise LineError("INVALID_ARGUMENT", "request must be an object")
+    if "contents" in request:
+        raise LineError(
+            "INVALID_ARGUMENT",
+            'Invalid JSON payload received. Unknown name "contents": an embedding request '
+            "has one content",
+        )
+    content = request.get("content")
+    text = contents_text([content]) if isinstance(content, dict) else ""
+    if not text.strip():
+        raise LineError("INVALID_ARGUMENT", "The text content is empty.")
+    task_type = _get(request, "taskType")
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise LineError("INVALID_ARGUMENT", f"Invalid value at 'task_type': {task_type!r}")
+    model_id = model.removeprefix("models/")
+    size = _get(request, "outputDimensionality")
+    if size is None:
+        size = next(
+            (n for key, n in EMBEDDING_SIZES.items() if model_id.startswith(key)),
+            DEFAULT_EMBEDDING_SIZE,
+        )
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_EMBEDDING_SIZE:
+        raise LineError(
+            "INVALID_ARGUMENT",
+            f"output_dimensionality must be between 1 and {MAX_EMBEDDING_SIZE}, got {size!r}",
+        )
+    title = _get(request, "title")
+    embedded = f"{title}\n{text}" if isinstance(title, str) and title else text
+    return {
+        "tokenCount": str(count_tokens(embedded)),  # int64: a string on the wire (recorded)
+        "embedding": {"values": embedding_values(embedded, size)},
     }

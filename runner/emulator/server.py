@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from runner.emulator.model import contents_text, count_tokens
+from runner.emulator.model import contents_text, count_tokens, is_embedding_model
 from runner.emulator.service import INLINE_LIMIT, ApiError, Fault, Service, Upload, fault_from
 
 CHUNK = 1 << 20
@@ -46,6 +46,8 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", r"/(v1beta|v1)/files/([^/:]+):download", "files.download"),
     ("GET", r"/download/(v1beta|v1)/files/([^/:]+):download", "files.download"),
     ("POST", rf"/(v1beta|v1)/{MODEL}:batchGenerateContent", "batches.create"),
+    # the same logical call (and the same faults) for an embeddings batch; the path tells
+    ("POST", rf"/(v1beta|v1)/{MODEL}:asyncBatchEmbedContent", "batches.create"),
     ("POST", rf"/(v1beta|v1)/{MODEL}:countTokens", "models.countTokens"),
     ("GET", r"/(v1beta|v1)/batches/([^/:]+)", "batches.get"),
     ("GET", r"/(v1beta|v1)/batches", "batches.list"),
@@ -369,7 +371,18 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- batches -----------------------------------------------------------------------------
     def _batches_create(self, model: str, *, fault: Fault | None, **_: Any) -> Any:
+        """batchGenerateContent, or asyncBatchEmbedContent (``client.batches.create_embeddings``:
+        the same body, EmbedContent requests); a model of the other kind is refused."""
+        embed = urlparse(self.path).path.endswith(":asyncBatchEmbedContent")
         body = self._body()
+        if embed != is_embedding_model(model):
+            method = "asyncBatchEmbedContent" if embed else "batchGenerateContent"
+            raise ApiError(
+                400,
+                "INVALID_ARGUMENT",
+                f"models/{model} is not found for API version v1beta, or is not supported "
+                f"for {method}",
+            )
         batch = body.get("batch") or {}
         display_name = str(_get(batch, "displayName") or "")
         config = _get(batch, "inputConfig") or {}
@@ -391,6 +404,7 @@ class Handler(BaseHTTPRequestHandler):
             input_file=file_name,
             inline=requests,
             fault=job_fault,
+            embed=embed,
         )
         return service.batch_json(created)
 

@@ -9,6 +9,10 @@ lowercase alphanumerics, file ids 12, cache ids 40; a job's result file is
 ``files/batch-<batch id>``; the Operation's metadata repeats its ``name`` and carries
 ``batchStats`` from creation on (no ``inputConfig``); a cancelled job ends with the
 Operation ``error`` {code 1, CANCELLED}; ``sha256Hash`` is the base64 of the hex digest.
+An embeddings batch (``asyncBatchEmbedContent``) is the same job with EmbedContent lines: its
+result lines are ``{"response": {"tokenCount", "embedding"}, "key"}`` as recorded, its inline
+answers sit under ``inlinedResponses`` as the API's EmbedContentBatchOutput has them, and its
+Operation's types name EmbedContentBatch (inferred: no embedding job was recorded whole).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from runner.emulator.model import (
     answer,
     contents_text,
     count_tokens,
+    embed,
     line_error,
 )
 
@@ -144,6 +149,7 @@ class Batch:
     stats: dict[str, int] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     fault: Fault | None = None
+    embed: bool = False  # an embeddings batch (asyncBatchEmbedContent)
 
 
 @dataclass
@@ -308,6 +314,7 @@ class Service:
         input_file: str | None,
         inline: list[dict[str, Any]] | None,
         fault: Fault | None,
+        embed: bool = False,
     ) -> Batch:
         if input_file is not None:
             count = _count_lines(self.file(input_file.removeprefix("files/")).path)
@@ -322,6 +329,7 @@ class Service:
             inline=inline,
             request_count=count,
             fault=fault,
+            embed=embed,
         )
         with self.lock:
             self.batches[batch.id] = batch
@@ -395,6 +403,11 @@ class Service:
         fraction = batch.fault.fail_lines_fraction if batch.fault else 0.0
         if fraction and random.Random(f"{self.seed}:{batch.id}:{key}").random() < fraction:
             return {"error": line_error("INTERNAL", "Internal error (emulated line failure)")}
+        if batch.embed:
+            try:
+                return {"response": embed(request, model=batch.model)}
+            except LineError as exc:
+                return {"error": exc.as_json()}
         try:
             cache = self._cache_view(
                 request.get("cachedContent") if isinstance(request, dict) else None
@@ -498,8 +511,9 @@ class Service:
             else {"requestCount": batch.request_count, "pendingRequestCount": batch.request_count}
         )
         name = f"batches/{batch.id}"
+        kind = "EmbedContentBatch" if batch.embed else "GenerateContentBatch"
         metadata: dict[str, Any] = {
-            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+            "@type": f"type.googleapis.com/google.ai.generativelanguage.v1main.{kind}",
             "model": batch.model,
             "displayName": batch.display_name,
             "createTime": stamp(batch.created),
@@ -515,8 +529,8 @@ class Service:
             if output:
                 metadata["output"] = output
                 body["response"] = {
-                    "@type": "type.googleapis.com/google.ai.generativelanguage."
-                    "v1main.GenerateContentBatchOutput",
+                    "@type": f"type.googleapis.com/google.ai.generativelanguage.v1main.{kind}"
+                    "Output",
                     **output,
                 }
             if batch.error:

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 from runner.core.loader import LoadedManifest
 from runner.engine import caching, ingest, lifecycle, reconcile
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.errors import GbatchError, ManifestError
 
 
 @dataclass
 class TickReport:
     plans: dict[str, reconcile.ManifestPlan] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # manifest -> why it was not applied
+    errors: dict[str, GbatchError] = field(default_factory=dict)  # why each was not applied
     submitted: lifecycle.SubmitReport = field(default_factory=lifecycle.SubmitReport)
     ingested: ingest.IngestReport = field(default_factory=ingest.IngestReport)
     live: int = 0
@@ -43,7 +43,7 @@ def apply_one(rt: Runtime, loaded: LoadedManifest) -> reconcile.ManifestPlan:
         raise
     except Exception as exc:  # the fault boundary: a bug in one manifest's path is its error
         message = f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("%s: %s", name, message)
+        log.exception("%s: %s", name, message, extra=fields(event="error", manifest=name))
         _record(rt, name, message)
         raise GbatchError(f"{name}: {message}") from exc
 
@@ -61,14 +61,15 @@ def apply_all(
     *,
     starting: Callable[[str], None] = lambda name: None,
     stop: Callable[[], bool] = lambda: False,
-) -> tuple[dict[str, reconcile.ManifestPlan], dict[str, str]]:
+) -> tuple[dict[str, reconcile.ManifestPlan], dict[str, GbatchError]]:
     """Apply each named manifest in its own fault boundary; (plans, errors by manifest).
 
     Manifests whose source is a query (the slow kind, bounded by ``source.timeout``) go
     last, so the others are not held up behind them. ``starting`` hears each name first
     (the daemon's health check); ``stop`` is asked between manifests (SIGTERM).
     """
-    plans, errors = {}, {}
+    plans: dict[str, reconcile.ManifestPlan] = {}
+    errors: dict[str, GbatchError] = {}
     ordered = sorted(names, key=lambda name: manifests[name].manifest.spec.source.query is not None)
     for name in ordered:
         if stop():
@@ -77,8 +78,8 @@ def apply_all(
         try:
             plans[name] = apply_one(rt, manifests[name])
         except GbatchError as exc:
-            errors[name] = str(exc)
-            log.error("%s: %s", name, exc)
+            errors[name] = exc
+            log.error("%s: %s", name, exc, extra=fields(event="not_applied", manifest=name))
     return plans, errors
 
 

@@ -17,13 +17,16 @@ from pathlib import Path
 
 from runner.adapters import sources
 from runner.adapters.gitrepo import GitCheckout
+from runner.adapters.query_source import QueryStopped
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
-from runner.engine import cycle, leadership, lifecycle, reconcile
+from runner.engine import cycle, integrity, leadership, lifecycle, reconcile
+from runner.engine.pruning import MASS_DELETE_FRACTION, mass_deletion
 from runner.engine.runtime import Runtime, log
+from runner.engine.selection import Selector
 from runner.engine.validate import check_data
-from runner.errors import GbatchError, ManifestError
+from runner.errors import GbatchError, LockedError, ManifestError, NotLeaderError
 
 EXIT_OK, EXIT_DEAD = 0, 1
 
@@ -34,13 +37,14 @@ class DaemonOptions:
     poll_files: bool = False  # watchdog's polling observer (network mounts, containers)
     resync_s: float = 300.0
     settle_s: float = 30.0
-    mass_delete_fraction: float = 0.5
+    mass_delete_fraction: float = MASS_DELETE_FRACTION
     confirm_deletions: bool = False
     quiet_s: float = 0.3
     max_wait_s: float = 5.0
     git: GitCheckout | None = None
     git_interval_s: float = 60.0
     stale_after_s: float = 600.0  # health fails when the loop has not turned for this long
+    selector: Selector | None = None  # watch -l team=x: only the manifests it picks
     stuck_after_s: float = 420.0  # ... or one manifest's reconcile runs longer (query: 5 min)
 
 
@@ -65,6 +69,11 @@ class Daemon:
     _watcher: ManifestWatcher | None = None
     _cycle_error: str | None = None  # the last cycle's unexpected failure, for health
     _activity: tuple[str, float] | None = None  # what the loop is doing, since when
+
+    def __post_init__(self) -> None:
+        self.rt.stop = self.stop  # a running query source stops with the daemon
+        if self.options.git is not None:
+            self.rt.git_checkout = self.options.git.path
 
     def health_problems(self) -> list[str]:
         """What is wrong with this daemon, for the health endpoint (any thread may ask)."""
@@ -130,6 +139,11 @@ class Daemon:
                         self._follow()
                         next_poll = clock.monotonic() + self.rt.settings.poll_interval_s
                     self._cycle_error = None
+                except NotLeaderError as exc:  # #18: fenced; the gate sees the lead is gone
+                    log.warning("%s", exc)
+                    self._cycle_error = None
+                except LockedError:
+                    raise  # another gbatch owns the state or the results: this one must stop
                 except Exception as exc:  # the daemon outlives any one bad cycle
                     self._cycle_error = f"{type(exc).__name__}: {exc}"
                     log.exception("cycle failed: %s (trying again)", self._cycle_error)
@@ -192,9 +206,13 @@ class Daemon:
         unchanged (a job of theirs just came back with failed lines that may need a retry).
         """
         loaded, errors = load_paths([self.options.root])
+        loaded = integrity.cycle(self.rt, loaded, errors)  # names, owner; rebuild what is lost
         seen_files = {item.path for item in loaded} | {
             e.location.path for e in errors if e.location is not None
         }
+        chosen = self.options.selector
+        if chosen:
+            loaded = [i for i in loaded if chosen.matches(i.manifest.metadata.labels)]
         by_name = {item.manifest.name: item for item in loaded}
         touches_data = changed is None or any(p.suffix not in (".yaml", ".yml") for p in changed)
         for error in errors:
@@ -212,7 +230,10 @@ class Daemon:
                 self.known[name] = item
                 self.rt.state.clear_invalid({str(item.path)})
                 continue
-            problem = check_data(item)
+            try:
+                problem = check_data(item, forbidden=self.rt.private, cancel=self.stop)
+            except QueryStopped:
+                return  # stopping: nothing is wrong with the manifest
             if problem is not None:
                 self._invalid(problem)
                 continue
@@ -278,10 +299,8 @@ class Daemon:
         now = self.rt.clock.monotonic()
         for row in gone:
             self._missing.setdefault(row.name, _Missing(since=now))
-        guard = (
-            len(gone) >= 2
-            and len(gone) >= self.options.mass_delete_fraction * len(active)
-            and not self.options.confirm_deletions
+        guard = not self.options.confirm_deletions and mass_deletion(
+            gone=len(gone), active=len(active), fraction=self.options.mass_delete_fraction
         )
         for row in gone:
             missing = self._missing[row.name]

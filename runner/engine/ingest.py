@@ -18,9 +18,10 @@ from runner.adapters import ledger, media
 from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
+from runner.engine import integrity
 from runner.engine.lifecycle import result_path
 from runner.engine.reconcile import version_of
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.errors import BackendError, StoreBusyError
 
 
@@ -58,6 +59,8 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestRep
                 manifest=job.manifest,
                 manifest_version=version_of(loaded) if loaded else job.digest[:12],
                 commit=job.commit_sha,
+                keep=integrity.kept_path(rt.settings, table, job.id),
+                owner=integrity.owner_of(rt),
             )
         except StoreBusyError as exc:
             report.busy += 1
@@ -105,6 +108,14 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestRep
         if row is not None and (row.last_error or "").startswith("ingest waiting"):
             rt.state.update_manifest(job.manifest, last_error=None)
         report.ingested += 1
+        log.info(
+            "%s: ingested %s (%d succeeded, %d failed)",
+            job.manifest,
+            job.remote_name or job.display_name,
+            summary.succeeded,
+            summary.failed,
+            extra=fields(event="ingested", job=rt.state.job(job.id)),
+        )
         if outcome.failed:
             report.failed_lines.add(job.manifest)
     return report
@@ -117,7 +128,13 @@ def _delete_input(rt: Runtime, job: JobRow) -> None:
     try:
         rt.backend.delete_file(job.input_file)
     except BackendError as exc:
-        log.warning("%s: could not delete %s: %s", job.manifest, job.input_file, exc)
+        log.warning(
+            "%s: could not delete %s: %s",
+            job.manifest,
+            job.input_file,
+            exc,
+            extra=fields(event="delete_failed", job=job),
+        )
         return
     rt.state.update_job(job.id, input_file=None)
     rt.state.event("file_deleted", job.input_file, manifest=job.manifest, job=job.id)

@@ -14,7 +14,6 @@ Called by ``runner.engine.cycle``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,8 +42,9 @@ from runner.core.lifecycle import (
     step,
     terminal_outcome,
 )
+from runner.core.manifest import Policy
 from runner.engine import caching
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.errors import (
     BackendError,
     PermanentBackendError,
@@ -70,9 +70,9 @@ class SubmitReport:
 def policy_for(rt: Runtime, job: JobRow) -> LifecyclePolicy:
     """The time rules for ``job``: its manifest's deadline, the settings' grace."""
     row = rt.state.manifest(job.manifest)
-    deadline = json.loads(row.policy or "{}").get("deadline", "36h") if row else "36h"
+    policy = row.policy_spec if row else Policy()
     return LifecyclePolicy(
-        deadline_s=parse_duration(deadline),
+        deadline_s=parse_duration(policy.deadline),
         adopt_grace_s=rt.settings.adopt_grace_s,
     )
 
@@ -177,6 +177,7 @@ def _create(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
             display_name=job.display_name,
             src_file=None if job.inline else job.input_file,
             inline=_input_path(rt, job) if job.inline else None,
+            task=job.task,
         )
     except UnclearCreateError:
         found = (_look_for(rt, {job.display_name}) or {}).get(job.display_name)
@@ -187,8 +188,10 @@ def _create(rt: Runtime, job: JobRow, report: SubmitReport) -> bool:
         report.adopted += 1
         return True
     except (TransientBackendError, PermanentBackendError) as exc:
-        # a clear refusal: nothing was created
-        if not job.inline and job.input_file and not _input_alive(rt, job.input_file):
+        # a clear refusal: nothing was created. A 4xx may mean the input file is gone (the
+        # service deletes uploads after 48 h); a 429 is about quota, not the file.
+        refused = isinstance(exc, PermanentBackendError)
+        if refused and not job.inline and job.input_file and not _input_alive(rt, job.input_file):
             rt.state.transition(job.id, Phase.PLANNED, input_file=None, input_expires=None)
             rt.state.event(
                 "reupload",
@@ -226,7 +229,13 @@ def _guarded(rt: Runtime, job: JobRow, report: SubmitReport, work: Callable[[], 
         rt.back_off(wait, _backoff_reason(exc))
         rt.state.update_job(job.id, error=str(exc))
         rt.state.event("backoff", str(exc), manifest=job.manifest, job=job.id)
-        log.warning("%s: %s; retrying in %.0fs", job.display_name, exc, wait)
+        log.warning(
+            "%s: %s; retrying in %.0fs",
+            job.display_name,
+            exc,
+            wait,
+            extra=fields(event="backoff", job=job),
+        )
     except PermanentBackendError as exc:
         report.backend_errors.append(str(exc))
         rt.state.update_manifest(job.manifest, last_error=str(exc))
@@ -238,10 +247,10 @@ def _guarded(rt: Runtime, job: JobRow, report: SubmitReport, work: Callable[[], 
         else:
             report.abandoned += 1
             _abandon(rt, rt.state.job(job.id), str(exc))
-        log.error("%s: %s", job.display_name, exc)
+        log.error("%s: %s", job.display_name, exc, extra=fields(event="refused", job=job))
     except Exception as exc:  # the fault boundary: one job's bug never stops the others
         message = f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("%s: %s", job.display_name, message)
+        log.exception("%s: %s", job.display_name, message, extra=fields(event="error", job=job))
         rt.state.update_job(job.id, error=message)
         rt.state.update_manifest(job.manifest, last_error=message)
         rt.state.event("error", message, manifest=job.manifest, job=job.id)
@@ -316,20 +325,28 @@ def _input_path(rt: Runtime, job: JobRow) -> Path:
 
 def _look_for(rt: Runtime, names: set[str]) -> dict[str, RemoteJob] | None:
     """Remote jobs with these display names, from a bounded listing; None if it failed."""
-    found: dict[str, RemoteJob] = {}
-    if not names:
-        return found
     try:
-        for remote in rt.backend.list_jobs(max_pages=rt.settings.max_list_pages):
-            if remote.display_name in names:
-                found[remote.display_name] = remote
-                if len(found) == len(names):
-                    break
+        return _listed(rt, names, by=lambda remote: remote.display_name)
     except BackendError as exc:
         log.warning("listing jobs to find lost creates: %s", exc)
         if isinstance(exc, TransientBackendError):
             rt.back_off(rt.retry.wait(1, hinted=exc.delay), _backoff_reason(exc))
         return None
+
+
+def _listed(
+    rt: Runtime, wanted: set[str], *, by: Callable[[RemoteJob], str]
+) -> dict[str, RemoteJob]:
+    """The remote jobs whose ``by`` is in ``wanted``, reading list pages (newest first, at
+    most ``settings.max_list_pages``) only until all are seen."""
+    found: dict[str, RemoteJob] = {}
+    if not wanted:
+        return found
+    for remote in rt.backend.list_jobs(max_pages=rt.settings.max_list_pages):
+        if by(remote) in wanted:
+            found[by(remote)] = remote
+            if len(found) == len(wanted):
+                break
     return found
 
 
@@ -347,7 +364,7 @@ def _record_created(rt: Runtime, job: JobRow, remote: RemoteJob, *, adopted: boo
     rt.state.event(
         verb, f"{remote.name} ({job.requests} requests)", manifest=job.manifest, job=job.id
     )
-    log.info("%s: %s %s", job.manifest, verb, remote.name)
+    log.info("%s: %s %s", job.manifest, verb, remote.name, extra=fields(event=verb, job=job))
     _input_path(rt, job).unlink(missing_ok=True)
 
 
@@ -363,11 +380,7 @@ def poll(rt: Runtime) -> None:
         return
     seen: dict[str, RemoteJob] = {}
     try:
-        for remote in rt.backend.list_jobs(max_pages=rt.settings.max_list_pages):
-            if remote.name in watching:
-                seen[remote.name] = remote
-                if len(seen) == len(watching):
-                    break
+        seen = _listed(rt, set(watching), by=lambda remote: remote.name)
     except BackendError as exc:
         log.warning("poll: %s", exc)
         rt.state.event("poll_error", str(exc))
@@ -401,12 +414,24 @@ def cancel(rt: Runtime, job: JobRow, why: str) -> None:
     try:
         rt.backend.cancel_job(job.remote_name)
     except BackendError as exc:
-        log.warning("%s: cancel of %s failed: %s", job.manifest, job.remote_name, exc)
+        log.warning(
+            "%s: cancel of %s failed: %s",
+            job.manifest,
+            job.remote_name,
+            exc,
+            extra=fields(event="cancel_failed", job=job),
+        )
         return
     rt.state.update_job(job.id, cancel_reason=why, error=why)
     kind = "deadline" if why.startswith("deadline") else "cancelled"
     rt.state.event(kind, f"{job.remote_name}: {why}", manifest=job.manifest, job=job.id)
-    log.warning("%s: %s cancelled: %s", job.manifest, job.remote_name, why)
+    log.warning(
+        "%s: %s cancelled: %s",
+        job.manifest,
+        job.remote_name,
+        why,
+        extra=fields(event=kind, job=job),
+    )
 
 
 def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
@@ -448,7 +473,7 @@ def _download(rt: Runtime, job: JobRow, remote: RemoteJob) -> None:
             job_requests=Path(job.request_file), result_file=dest, message=error, status=exc.status
         )
         rt.state.update_manifest(job.manifest, last_error=error)
-        log.error("%s: %s", job.manifest, error)
+        log.error("%s: %s", job.manifest, error, extra=fields(event="mismatch", job=job))
     crashpoints.reached("downloaded")
     rt.state.transition(job.id, Phase.DOWNLOADED, error=error)
     rt.state.event(

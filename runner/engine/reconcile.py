@@ -18,9 +18,10 @@ from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
 from runner.core.pricing import Storage
-from runner.engine import caching, lifecycle
+from runner.core.requests import token_contents
+from runner.engine import caching, integrity, lifecycle
 from runner.engine.lifecycle import result_path
-from runner.engine.runtime import Runtime, log
+from runner.engine.runtime import Runtime, fields, log
 from runner.engine.validate import locate
 from runner.errors import BackendError, ManifestError, StoreBusyError
 
@@ -83,6 +84,8 @@ def plan_manifest(
             root=loaded.root,
             out=building,
             cache_digest=cache.digest if cache else "",
+            forbidden=rt.private,
+            cancel=rt.stop,
         )
     except ManifestError as exc:
         raise locate(loaded, exc) from exc
@@ -123,6 +126,7 @@ def plan_manifest(
     )
     estimate = _estimate(rt, loaded, diff, desired, to_submit, cache, count_tokens=count_tokens)
     spent = sum(job.cost_usd or 0.0 for job in rt.state.jobs(manifest=name))
+    spent += rt.state.cache_cost(name)  # context cache storage is spend too
     blocked = cache.too_small if cache is not None else None
     cap = manifest.spec.policy.max_cost_usd
     model = manifest.spec.model_id
@@ -190,11 +194,10 @@ def _estimate(
             sample = ledger.sample_requests(
                 desired=desired, to_submit=to_submit, limit=COUNT_TOKENS_SAMPLE
             )
-            counted = sum(
-                rt.backend.count_tokens(model=spec.model_id, contents=json.loads(r)["contents"])
-                for r in sample
-            )
-            chars = sum(len(json.dumps(json.loads(r)["contents"])) for r in sample)
+            contents = [token_contents(json.loads(r)) for r in sample]
+            model = spec.model_id
+            counted = sum(rt.backend.count_tokens(model=model, contents=c) for c in contents)
+            chars = sum(len(json.dumps(c)) for c in contents)
             if counted and chars:
                 tokens_per_char = counted / chars
                 basis = f"countTokens on {len(sample)} requests, scaled by characters"
@@ -203,6 +206,8 @@ def _estimate(
     requests = diff.submit_requests
     input_tokens = int(diff.submit_chars * tokens_per_char)
     per_request = spec.generation.max_output_tokens or ASSUMED_OUTPUT_TOKENS
+    if spec.task == "embed":
+        per_request = 0  # a vector is not billed as output
     cached = cache.tokens if cache is not None and requests else 0
     price = rt.prices.for_model(spec.model)
     storage = None
@@ -271,7 +276,9 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         rt.state.event("version", f"version {plan.version}: {_counts(plan)}", manifest=plan.name)
     if plan.blocked:
         rt.state.event("blocked", plan.blocked, manifest=plan.name)
-        log.warning("%s: %s", plan.name, plan.blocked)
+        log.warning(
+            "%s: %s", plan.name, plan.blocked, extra=fields(event="blocked", manifest=plan.name)
+        )
         return plan
     intents = []
     for chunk in plan.jobs:
@@ -292,6 +299,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
                 "bytes": chunk.bytes,
                 "input_tokens_est": int(chunk.bytes * plan.estimate.tokens_per_char),
                 "cache_digest": plan.cache_digest,
+                "task": manifest.spec.task,
             }
         )
     if intents:
@@ -353,7 +361,7 @@ def materialize_reuse(rt: Runtime, job: JobRow) -> None:
 def show_current(rt: Runtime, name: str, table: str, desired: Path) -> bool:
     """Make the results table show this version; False when the file is busy (retry later)."""
     try:
-        rt.results.show_current(table=table, current=desired)
+        rt.results.show_current(table=table, current=desired, owner=integrity.owner_of(rt))
     except StoreBusyError as exc:
         rt.state.event("busy", str(exc), manifest=name)
         return False
@@ -399,7 +407,7 @@ def remove_manifest(rt: Runtime, name: str) -> None:
     row = rt.state.manifest(name)
     if row is None:
         return
-    on_delete = json.loads(row.policy or "{}").get("on_delete", "keep")
+    on_delete = row.policy_spec.on_delete
     for job in rt.state.jobs(manifest=name, live=True):
         if job.phase in (Phase.PLANNED, Phase.UPLOADED):
             rt.state.transition(job.id, Phase.ABANDONED, error="manifest removed")
@@ -409,4 +417,9 @@ def remove_manifest(rt: Runtime, name: str) -> None:
     rt.state.event(
         "removed", f"manifest removed (on_delete: {on_delete}); results kept", manifest=name
     )
-    log.info("%s: removed (on_delete: %s); results kept", name, on_delete)
+    log.info(
+        "%s: removed (on_delete: %s); results kept",
+        name,
+        on_delete,
+        extra=fields(event="removed", manifest=name),
+    )

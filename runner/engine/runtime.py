@@ -10,18 +10,37 @@ Also the state directory's layout, so every module names the same files the same
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from runner.adapters import sources
 from runner.adapters.results import ResultsDb
 from runner.core.clock import Clock, SystemClock
 from runner.core.failures import RetryPolicy
 from runner.core.ports import Backend, Leadership, ResultStore, State
 from runner.core.pricing import PriceTable
+from runner.core.records import JobRow
 from runner.engine.leadership import SoleLeader
 from runner.settings import Settings, retry_policy
 
 log = logging.getLogger("gbatch")
+
+
+def fields(
+    *,
+    event: str,
+    manifest: str | None = None,
+    job: JobRow | None = None,
+    phase: str | None = None,
+) -> dict[str, Any]:
+    """The structured fields of a log record (``log.info(..., extra=fields(...))``): the JSON
+    log format writes them as keys; a job gives its manifest, id and phase."""
+    if job is not None:
+        manifest = manifest or job.manifest
+        phase = phase or job.phase.value
+    return {"event": event, "manifest": manifest, "job": job.id if job else None, "phase": phase}
 
 
 @dataclass
@@ -33,6 +52,8 @@ class Runtime:
     commit: str | None = None
     work_dir: Path = field(default=Path())  # where new files go: a scratch dir for `plan`
     clock: Clock = field(default_factory=SystemClock)
+    git_checkout: Path | None = None  # a `watch --git` checkout (its .git is private)
+    stop: threading.Event | None = None  # set to stop a running query source (daemon stop)
     backoff_until: float = 0.0  # clock.monotonic() before which no create is attempted
     backoff_reason: str = ""  # what the API said when it asked to back off
     # -- #18: the result store and leadership ports; None / SoleLeader: one process, a file
@@ -45,6 +66,13 @@ class Runtime:
         if self.result_store is None:
             self.result_store = ResultsDb(self.settings.db)
         return self.result_store
+
+    @property
+    def private(self) -> tuple[Path, ...]:
+        """gbatch's own files, which no manifest source may read."""
+        return sources.private_paths(
+            state_dir=self.settings.state_dir, db=self.settings.db, git_checkout=self.git_checkout
+        )
 
     @property
     def retry(self) -> RetryPolicy:

@@ -387,3 +387,17 @@ def test_a_failed_create_is_unclear_only_when_it_may_have_happened(
             model=MODEL, display_name="d", src_file="files/f", inline=None
         )
     assert type(caught.value) is raised
+
+
+def test_a_cache_is_created_found_by_name_extended_and_deleted(emulator: Emulator) -> None:
+    """The calls behind the TTL rule (timed in tests/engine/test_time_rules.py)."""
+    b = backend(emulator.base_url)
+    body = {"contents": [{"role": "user", "parts": [{"text": "guide " * 800}]}]}
+    name, expire = b.create_cache(model=MODEL, body=body, ttl_s=60, display_name="gbatch-c-1")
+    assert b.find_cache("gbatch-c-1") == (name, expire)
+    extended = b.extend_cache(name, ttl_s=7200)
+    lived = datetime.fromisoformat(extended) - datetime.fromisoformat(expire)
+    assert 7000 < lived.total_seconds() < 7200  # now + 2 h, where it was now + 1 min
+    b.delete_cache(name)
+    b.delete_cache(name)  # already gone is what was wanted
+    assert b.find_cache("gbatch-c-1") is None

@@ -118,6 +118,54 @@ def test_manifests_caches_media_invalid_files_and_events_round_trip(store: State
     assert rows[0][columns.index("message")] == "1 job"
 
 
+def test_cache_costs_job_tasks_and_events_read_with_a_limit(store: State) -> None:
+    store.add_cache(
+        name="cachedContents/1", manifest="m", digest="c", model="x", expire="e", tokens=900
+    )
+    store.add_cache(
+        name="cachedContents/2", manifest="m", digest="d", model="x", expire="e", cost_usd=0.25
+    )
+    store.update_cache("cachedContents/1", cost_usd=0.5, deleted_at=store.now())
+    assert store.cache_cost("m") == 0.75 and store.cache_cost("other") == 0.0  # deleted: counted
+    assert [(c.name, c.tokens, c.cost_usd) for c in store.caches()] == [
+        ("cachedContents/2", 0, 0.25)
+    ]
+    store.add_jobs([intent("a"), {**intent("b"), "task": "embed"}])
+    assert [(j.intent, j.task) for j in store.jobs()] == [("a", "generate"), ("b", "embed")]
+    assert store.job(store.jobs()[1].id).facts().phase is Phase.PLANNED
+    for number in range(5):
+        store.event("busy" if number % 2 else "rebuilt", f"e{number}", manifest="m")
+    store.event("planned", "other", manifest="n")
+    rows = store.events()
+    assert [r[5] for r in rows] == ["e0", "e1", "e2", "e3", "e4", "other"]
+    assert [r[5] for r in store.events(manifest="m", after=int(rows[1][0]))] == ["e2", "e3", "e4"]
+    assert [r[5] for r in store.events(newest=2)] == ["e4", "other"]  # the latest, oldest first
+    assert [m for _, m in store.events_of(("rebuilt",), limit=2)] == ["e4", "e2"]
+
+
+def test_identity_table_owners_and_kept_rows(store: State) -> None:
+    identity = store.identity()
+    assert len(identity) == 32 and identity == store.identity()
+    assert store.verified_results() is None
+    store.set_verified_results("/r/gbatch.duckdb")
+    assert store.verified_results() == "/r/gbatch.duckdb"
+    store.upsert_manifest(name="old", path="o.yaml", table_name="t0", model="x", digest="d")
+    assert [(o.table_name, o.manifest) for o in store.table_owners()] == [("t0", "old")]
+    store.record_owners([("t0", "old", "o.yaml")])
+    store.record_owners([("t1", "m", "m.yaml"), ("t0", "m", "m.yaml")])  # t0 is old's
+    store.record_owners([("t1", "m", "moved/m.yaml")])  # the owner's path kept current
+    owners = {o.table_name: (o.manifest, o.path) for o in store.table_owners()}
+    assert owners == {"t0": ("old", "o.yaml"), "t1": ("m", "moved/m.yaml")}
+    before = store.move_table("t0", "m")
+    assert before is not None and before.manifest == "old"
+    assert {o.table_name: o.manifest for o in store.table_owners()} == {"t0": "m", "t1": "m"}
+    store.record_kept(job=1, table="t1", label="batches/1", rows=10, kind="lines")
+    store.record_kept(job=1, table="t1", label="batches/1", rows=0, kind="lost")  # replaced
+    store.record_kept(job=2, table="t1", label="batches/2", rows=3, kind="ledger")
+    kept = store.kept_rows()
+    assert [(k.job, k.rows, k.kind) for k in kept.values()] == [(1, 0, "lost"), (2, 3, "ledger")]
+
+
 def test_the_postgres_store_has_every_migration_of_the_sqlite_store_by_name(
     postgres_url: str,
 ) -> None:
@@ -272,7 +320,7 @@ def test_a_leader_stopped_past_its_lease_is_fenced_when_it_wakes(postgres_url: s
         process.stdin.write("after-waking\n")
         process.stdin.flush()
         answer = json.loads(process.stdout.readline())
-        assert answer["refused"] == "LockedError", answer
+        assert answer["refused"] == "NotLeaderError", answer  # a LockedError: fenced
         assert [j.intent for j in state.jobs()] == ["by-child", "by-standby"]
         assert state.leader()[1] == "standby"
     finally:

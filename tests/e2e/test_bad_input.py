@@ -58,7 +58,7 @@ def fingerprint(paths: list[Path]) -> list[str]:
             "model: gemini-2.5-flash\nsource: {query: \"select * from read_csv('/etc/passwd')\"}\n"
             "prompt: {template: x}\n",
             {},
-            "source.query: the query failed: Permission Error",
+            "source.query: the query may not read '/etc/passwd': it is outside the manifest root",
         ),
         (
             "model: gemini-2.5-flash\nsource: {query: \"attach 'x.db'\"}\nprompt: {template: x}\n",
@@ -86,6 +86,19 @@ def fingerprint(paths: list[Path]) -> list[str]:
             "model: gemini-2.5-flash\nsource: {query: 'set threads = 1'}\nprompt: {template: x}\n",
             {},
             "only SELECT is allowed, got SET",
+        ),
+        ("", {}, "bad.yaml: empty manifest: the file holds no YAML document"),
+        ("\n  \n", {}, "bad.yaml: empty manifest"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", {}, "bad.yaml:1:68: nested deeper than 64 levels"),
+        (
+            'model: gemini-2.5-flash\nsource: {path: "d\\0.csv"}\nprompt: {template: x}\n',
+            {},
+            "bad.yaml:2:16: source.path: 'd\\x00.csv' is not a usable path: embedded null byte",
+        ),
+        (
+            "model: gemini-2.5-flash\nsource: {path: d.csv, timeout: 1m}\nprompt: {template: x}\n",
+            {"d.csv": "a\n1\n"},
+            "bad.yaml:2:9: source: timeout applies only to query",
         ),
     ],
 )

@@ -4,11 +4,10 @@ job waits, deleted afterwards; too-small caches are refused with the numbers."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from runner.emulator import Emulator, EmulatorConfig
+from runner.emulator import Emulator
 from tests.conftest import Gbatch, uploads
 
 GUIDE = "Our style: short sentences, active voice, no jargon. " * 100  # ~1300 tokens
@@ -80,21 +79,6 @@ def test_a_cached_manifest_creates_one_cache_that_every_line_names(
     assert emulator.count("caches.delete") == 1  # the last job using it has ended
     again = gbatch("apply", "manifests", "--wait")
     assert again.code == 0 and emulator.count("caches.create") == 1  # nothing to send
-
-
-def test_the_cache_ttl_is_extended_while_a_job_waits(
-    gbatch: Gbatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = EmulatorConfig(data_dir=tmp_path / "slow", pending_seconds=6, running_seconds=1)
-    with Emulator(config) as slow:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", slow.base_url)
-        cached_manifest(gbatch, ttl="4s")  # shorter than the job's 7 s in the queue
-        result = gbatch("apply", "manifests", "--wait")
-        assert result.code == 0, result.err
-        assert slow.count("caches.create") == 1
-        assert slow.count("caches.update") >= 2
-        assert gbatch.sql("select count(*) from copy where status = 'succeeded'") == [(3,)]
-        assert slow.count("caches.delete") == 1
 
 
 def test_a_cache_below_the_model_minimum_is_reported_not_sent(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.emulator import Emulator, EmulatorConfig, Fault
+from runner.emulator import Emulator, EmulatorConfig
 from tests.conftest import Gbatch
 
 
@@ -103,24 +103,6 @@ def test_adding_one_percent_of_rows_submits_one_percent(gbatch: Gbatch, emulator
     assert gbatch.sql("select count(*) from rows") == [(10_100,)]
     assert gbatch("apply", "manifests", "--wait").code == 0
     assert requests_received(emulator) == [10_000, 100]  # unchanged: nothing sent
-
-
-def test_a_job_stuck_past_its_deadline_is_cancelled_and_resubmitted_once(
-    gbatch: Gbatch, emulator: Emulator
-) -> None:
-    emulator.add_fault(Fault(endpoint="batches.create", job_outcome="PENDING_FOREVER", times=1))
-    cities(gbatch, "stuck", ["Oslo", "Lima"], "policy: {deadline: 1s}\n")
-    result = gbatch("apply", "manifests", "--wait")
-    assert result.code == 0, result.err
-    assert emulator.count("batches.create") == 2
-    assert emulator.count("batches.cancel") == 1
-    assert gbatch.sql("select count(*) filter (status = 'succeeded') from stuck") == [(2,)]
-    history = gbatch.sql("select status, error->>'status' from stuck_history order by ingested_at")
-    assert history[:2] == [("failed", "JOB_CANCELLED")] * 2  # the first job's rows, kept
-    events = gbatch(
-        "query", "select message from gbatch_events where kind = 'deadline'", "--format", "csv"
-    )
-    assert "policy.deadline 1s" in events.out
 
 
 def test_120_manifests_never_exceed_the_100_job_limit(

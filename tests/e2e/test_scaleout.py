@@ -281,3 +281,30 @@ def test_apply_into_a_lake_then_status_and_query_read_it(
     assert "DuckLake ducklake:sqlite:" in status.out and "m0_history" in status.out
     again = gbatch("apply", "manifests", "--wait")  # nothing new: nothing created
     assert again.code == 0 and emulator.count("batches.create") == ROWS // PER_JOB
+
+
+def test_a_postgres_state_behind_every_command_with_a_results_file(
+    gbatch: Gbatch, emulator: Emulator, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apply, status, events, query and rebuild read and write the state GBATCH_STATE_URL
+    names; the results file is checked against it and rebuilt from the rows it kept."""
+    monkeypatch.setenv("GBATCH_STATE_URL", postgres_url)
+    gbatch.write("m0.yaml", manifest("m0"))
+    applied = gbatch("apply", "manifests", "--wait")
+    assert applied.code == 0, applied.err
+    assert emulator.count("batches.create") == ROWS // PER_JOB
+    with psycopg.connect(postgres_url) as db:
+        row = db.execute("select count(*) filter (where phase = 'ingested') from jobs").fetchone()
+        assert row == (ROWS // PER_JOB,)
+    assert not (gbatch.state_dir / "state.sqlite").exists()  # nothing kept beside it
+    status = gbatch("status")
+    assert status.code == 0 and "leader" in status.out, status.err
+    assert "ok, every ingested answer is there" in status.out
+    events = gbatch("events", "--output", "json")
+    assert events.code == 0 and '"kind": "ingested"' in events.out.replace('":"', '": "')
+    gbatch.db.unlink()  # the results file lost: rebuilt from the state, sending nothing
+    rebuilt = gbatch("rebuild")
+    assert rebuilt.code == 0, rebuilt.err
+    answered = gbatch("query", "select count(*), count(distinct key) from m0", "--format", "csv")
+    assert answered.out.splitlines()[1] == f"{ROWS},{ROWS}"
+    assert emulator.count("batches.create") == ROWS // PER_JOB

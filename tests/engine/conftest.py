@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from runner.adapters.state import StateStore
@@ -48,3 +49,12 @@ def timed(tmp_path: Path, clock: FakeClock) -> Runtime:
         prices=load_prices(),
         clock=clock,
     )
+
+
+def rows(rt: Runtime, sql: str) -> list[tuple[object, ...]]:
+    """Rows of the results database, opened read-only as a user would."""
+    con = duckdb.connect(str(rt.results_db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from runner.adapters.watcher import ManifestWatcher
+from runner.core.clock import FakeClock
+from runner.core.lifecycle import Phase
 from runner.engine import reconcile
 from runner.engine.daemon import Daemon, DaemonOptions
 from runner.engine.runtime import Runtime
+from runner.engine.selection import Selector
+from tests.fakes import FakeBackend
 
 
 def write(root: Path, name: str, rows: list[int], *, extra: str = "") -> Path:
@@ -195,3 +199,97 @@ def test_a_changed_cache_file_or_media_manifest_is_applied_again_on_resync(
     (root / "guide.md").write_text("a new guide " * 1000)
     d.reconcile(None)
     assert applied == ["cached", "cached"]
+
+
+def test_one_job_raising_an_unforeseen_error_does_not_stop_the_others(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """A fault boundary around every job: the error is that job's, the cycle goes on, the
+    job is tried again next cycle, and nothing is created twice."""
+    root = tmp_path / "m"
+    root.mkdir()
+    write(root, "first", [1, 2])
+    write(root, "second", [3, 4])
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    fake.enqueue("upload", RuntimeError("an SDK bug nobody mapped"))
+    d = daemon(rt, root)
+    d.reconcile(None)  # does not raise
+    jobs = {j.manifest: j for j in rt.state.jobs()}
+    assert "internal error: RuntimeError: an SDK bug nobody mapped" in (jobs["first"].error or "")
+    assert jobs["second"].remote_name is not None  # the other manifest went on
+    row = rt.state.manifest("first")
+    assert row is not None and "RuntimeError" in (row.last_error or "")
+    d._follow()
+    d._follow()
+    assert {j.phase for j in rt.state.jobs()} == {Phase.INGESTED}
+    assert fake.count("create") == 2
+    assert d.health_problems() == []
+
+
+def test_an_emptied_manifest_file_is_invalid_not_deleted(rt: Runtime, tmp_path: Path) -> None:
+    """A failed editor write leaves 0 bytes: the last good version keeps running (no
+    cancel even with on_delete: cancel) and status lists the file as invalid."""
+    root = tmp_path / "m"
+    root.mkdir()
+    path = write(root, "keep", [1, 2], extra="policy: {on_delete: cancel}\n")
+    fake = rt.backend
+    assert isinstance(fake, FakeBackend)
+    fake.hold = True
+    d = daemon(rt, root)
+    d.reconcile(None)
+    path.write_text("")
+    d.reconcile(None)
+    d.reconcile(None)  # past the (zero) settle window: still not a deletion
+    row = rt.state.manifest("keep")
+    assert row is not None and row.status == "invalid"
+    assert fake.count("cancel") == 0
+    ((invalid_path, error, _),) = rt.state.invalid_files()
+    assert invalid_path == str(path) and "empty" in error.lower()
+    write(root, "keep", [1, 2], extra="policy: {on_delete: cancel}\n")
+    d.reconcile(None)
+    assert rt.state.invalid_files() == []
+
+
+def test_the_settle_window_and_the_health_staleness_run_on_the_clock(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    write(root, "a", [1])
+    path = write(root, "b", [2])
+    d = Daemon(timed, DaemonOptions(root=root, settle_s=30.0, mass_delete_fraction=1.0))
+    d.reconcile(None)
+    path.unlink()
+    d.reconcile(None)
+    clock.advance(29)
+    d.reconcile(None)
+    row = timed.state.manifest("b")
+    assert row is not None and row.status == "missing"  # inside the settle window
+    clock.advance(2)
+    d.reconcile(None)
+    row = timed.state.manifest("b")
+    assert row is not None and row.status == "removed"
+    d._beat = clock.monotonic()
+    clock.advance(599)
+    assert d.health_problems() == []
+    clock.advance(2)
+    assert d.health_problems() == ["the reconcile loop has not turned for 601s"]
+
+
+def test_a_daemon_with_a_selector_serves_only_the_manifests_it_picks(
+    rt: Runtime, tmp_path: Path, applied: list[str]
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    for name, team in (("mine", "a"), ("theirs", "b")):
+        (root / f"{name}.yaml").write_text(
+            "apiVersion: gbatch/v1\nkind: Batch\n"
+            f"metadata: {{name: {name}, labels: {{team: {team}}}}}\n"
+            "spec:\n  model: gemini-2.5-flash\n  source: {key: n, rows: [{n: 1}]}\n"
+            "  prompt: {template: 'Number {{ n }}'}\n"
+        )
+    d = daemon(rt, root, selector=Selector.parse(["team=a"]))
+    d.reconcile(None)
+    assert applied == ["mine"]
+    assert [m.name for m in rt.state.manifests()] == ["mine"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from runner.core.loader import load_paths
 from runner.engine import cycle, lifecycle, reconcile
 from runner.engine.runtime import Runtime
 from runner.errors import TransientBackendError, UnclearCreateError
+from tests.engine.conftest import rows
 from tests.fakes import FakeBackend
 
 
@@ -36,14 +35,6 @@ def run_to_end(rt: Runtime, loaded: dict[str, object]) -> None:
             return
         report = cycle.tick(rt, loaded)  # type: ignore[arg-type]
     raise AssertionError("jobs did not finish")
-
-
-def rows(rt: Runtime, sql: str) -> list[tuple[object, ...]]:
-    con = duckdb.connect(str(rt.results_db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_apply_follow_ingest_and_reapply_creates_nothing(rt: Runtime, tmp_path: Path) -> None:

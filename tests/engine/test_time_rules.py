@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.core.clock import FakeClock
+from runner.core.clock import FakeClock, parse_time
 from runner.core.lifecycle import Phase
 from runner.core.loader import load_paths
 from runner.engine import cycle
 from runner.engine.runtime import Runtime
 from runner.errors import PermanentBackendError, TransientBackendError, UnclearCreateError
+from tests.engine.conftest import rows
 from tests.fakes import FakeBackend
 
 HOUR = 3600.0
@@ -35,16 +36,6 @@ def manifests(tmp_path: Path, *, rows: int = 4, policy: str = "") -> dict[str, o
 def fake(rt: Runtime) -> FakeBackend:
     assert isinstance(rt.backend, FakeBackend)
     return rt.backend
-
-
-def rows(rt: Runtime, sql: str) -> list[tuple[object, ...]]:
-    import duckdb
-
-    con = duckdb.connect(str(rt.results_db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_an_upload_is_judged_by_its_own_expiry_not_by_later_status_writes(
@@ -170,3 +161,109 @@ def test_a_job_past_its_deadline_is_cancelled_once_and_its_given_answers_are_kep
     assert rows(timed, "select count(*) filter (status = 'succeeded') from nums") == [(4,)]
     second = list(backend.inputs.values())[-1]
     assert len(second) == 2
+
+
+def cached(tmp_path: Path, *, ttl: str) -> dict[str, object]:
+    root = tmp_path / "c"
+    root.mkdir(exist_ok=True)
+    (root / "guide.md").write_text("Our style: short sentences, active voice. " * 120)
+    (root / "copy.yaml").write_text(
+        "name: copy\nmodel: gemini-2.5-flash\nsource: {key: n, rows: [{n: 1}, {n: 2}]}\n"
+        "prompt: {system: You write copy., template: 'Describe {{ n }}.'}\n"
+        f"cache: {{files: [guide.md], ttl: {ttl}}}\n"
+    )
+    loaded, errors = load_paths([root])
+    assert not errors
+    return {item.manifest.name: item for item in loaded}
+
+
+def test_a_cache_is_extended_while_its_job_waits_and_deleted_after(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A 1 h cache and a job 5 h in the queue: extended each time half its TTL is gone,
+    never allowed to lapse, deleted once the job is in."""
+    loaded = cached(tmp_path, ttl="1h")
+    backend = fake(timed)
+    backend.hold = True
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    assert backend.count("create_cache") == 1
+    for _ in range(20):  # 5 h in steps of 15 min
+        clock.advance(HOUR / 4)
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+        (row,) = timed.state.caches()
+        assert (parse_time(row.expire_time) - clock.now()).total_seconds() > 0  # never lapsed
+    # extended when less than half is left: at 15-minute looks, every 45 minutes
+    assert backend.count("extend_cache") == 6
+    assert backend.count("delete_cache") == 0
+    # storage is spend: the cached tokens for every hour the cache was kept, at the rate
+    (row,) = timed.state.caches()
+    kept_h = (parse_time(row.expire_time) - parse_time(row.created_at)).total_seconds() / 3600
+    rate = timed.prices.for_model("gemini-2.5-flash").cache_storage  # type: ignore[union-attr]
+    assert row.tokens > 1000 and rate
+    assert abs(row.cost_usd - row.tokens * kept_h * rate / 1e6) < 1e-9
+    assert timed.state.cache_cost("copy") == row.cost_usd > 0
+    backend.release()
+    report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    while report.live:
+        report = cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("delete_cache") == 1 and timed.state.caches() == []
+
+
+def test_a_429_with_retry_info_holds_every_create_until_its_delay_has_passed(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    timed.settings.max_backoff_s = 300
+    loaded = manifests(tmp_path)
+    backend = fake(timed)
+    backend.enqueue("create", TransientBackendError("429", code=429, delay=23))
+    cycle.tick(timed, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    (job,) = timed.state.jobs()
+    for _ in range(2):
+        clock.advance(11)
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+        assert backend.count("create") == 1  # inside the 23 s: not tried
+        assert "back off (429)" in (timed.state.job(job.id).error or "")
+    clock.advance(2)
+    cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert backend.count("create") == 2 and len(backend.jobs) == 1
+
+
+def test_a_media_file_is_uploaded_again_when_less_than_a_queue_day_of_its_life_is_left(
+    timed: Runtime, clock: FakeClock, tmp_path: Path
+) -> None:
+    """While jobs wait, a media upload is reused until it has less than 25 h of its 48 h
+    left; once no job needs it, it is deleted from the Files API."""
+    root = tmp_path / "p"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.png").write_bytes(bytes.fromhex("89504e470d0a1a0a0000000d49484452"))
+    (root / "photos.yaml").write_text(
+        "model: gemini-2.5-flash\nsource: {path: photos.csv, key: id}\n"
+        "prompt: {template: 'Describe {{ id }}', media: [photo]}\n"
+    )
+    backend = fake(timed)
+    backend.hold = True  # the jobs wait in the queue
+
+    def apply_with_rows(count: int) -> dict[str, object]:
+        (root / "photos.csv").write_text(
+            "id,photo\n" + "".join(f"{i},img/a.png\n" for i in range(count))
+        )
+        loaded, errors = load_paths([root])
+        assert not errors
+        by_name = {item.manifest.name: item for item in loaded}
+        cycle.tick(timed, by_name, apply=list(by_name))  # type: ignore[arg-type]
+        return by_name  # type: ignore[return-value]
+
+    apply_with_rows(1)
+    assert backend.count("upload_media") == 1
+    clock.advance(22 * HOUR)  # 26 h of its 48 left: enough for a day in the queue
+    apply_with_rows(2)
+    assert backend.count("upload_media") == 1
+    clock.advance(2 * HOUR)  # 24 h left: not enough
+    loaded = apply_with_rows(3)
+    assert backend.count("upload_media") == 2
+    backend.release()
+    for _ in range(3):
+        cycle.tick(timed, loaded)  # type: ignore[arg-type]
+    assert {j.phase for j in timed.state.jobs()} == {Phase.INGESTED}
+    assert timed.state.media_files() == []  # no job needs them: deleted
+    assert backend.count("delete_file") >= 2

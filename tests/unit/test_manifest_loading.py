@@ -186,3 +186,116 @@ def test_an_empty_cache_block_is_refused(tmp_path: Path) -> None:
 def test_a_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
     (error,) = errors_of(FULL + "  model: gemini-2.5-pro\n", tmp_path)
     assert "duplicate key 'model' (first at line" in error
+
+
+DEEP = {
+    "flow sequences": ("a: " + "[" * 5000 + "]" * 5000 + "\n", "1:68"),
+    "flow mappings": ("a: " + "{b: " * 5000 + "1" + "}" * 5000 + "\n", "1:257"),
+    "block mappings": (
+        "".join(" " * i + "k:\n" for i in range(900)) + " " * 900 + "k: 1\n",
+        "65:65",
+    ),
+    "complex keys": ("? " * 5000 + "x\n", "1:131"),
+}
+
+
+@pytest.mark.parametrize("kind", DEEP)
+def test_a_deeply_nested_file_is_refused_at_its_line_before_anything_recurses(
+    tmp_path: Path, kind: str
+) -> None:
+    text, where = DEEP[kind]
+    (tmp_path / "deep.yaml").write_text(text)
+    loaded, errors = load_paths([tmp_path])  # what the daemon calls: it must not raise
+    assert loaded == []
+    assert [str(e) for e in errors] == [
+        f"{tmp_path}/deep.yaml:{where}: nested deeper than 64 levels"
+    ]
+
+
+def test_64_levels_are_fine_and_aliases_cannot_nest_deeper(tmp_path: Path) -> None:
+    inner = "[" * 40 + "1" + "]" * 40
+    ok = "model: gemini-2.5-flash\nsource: {rows: [{a: " + inner + "}]}\nprompt: {template: x}\n"
+    (item,) = load(ok, tmp_path)
+    assert item.manifest.spec.source.rows is not None
+    # each half is shallow when composed; the alias puts one under the other when built
+    aliased = f"a: &a {inner}\nb: {'[' * 40}*a{']' * 40}\n"
+    (error,) = errors_of(aliased, tmp_path)
+    assert error == f"{tmp_path}/m.yaml:1:31: nested deeper than 64 levels"  # inside *a
+
+
+def test_the_size_cap_fires_before_depth_and_the_node_cap_before_building(
+    tmp_path: Path,
+) -> None:
+    deep_and_big = tmp_path / "big.yaml"
+    deep_and_big.write_text(
+        "a: " + "[" * (MAX_MANIFEST_BYTES // 2) + "]" * (MAX_MANIFEST_BYTES // 2)
+    )
+    with pytest.raises(ManifestErrors, match="capped at"):
+        load_file(deep_and_big, root=tmp_path)
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in "bcdefghi":
+        lines.append(f"{level}: &{level} [{','.join(['*' + chr(ord(level) - 1)] * 9)}]")
+    (error,) = errors_of("\n".join(lines) + "\n", tmp_path)
+    assert "more than 100000 YAML nodes" in error
+
+
+@pytest.mark.parametrize(
+    "text", ["", "  \n\t\n", "# everything commented out\n", "---\n", "--- # off\n---\n"]
+)
+def test_an_empty_file_is_an_invalid_manifest_located_at_the_file(
+    tmp_path: Path, text: str
+) -> None:
+    (tmp_path / "empty.yaml").write_text(text)
+    loaded, errors = load_paths([tmp_path])
+    assert loaded == []
+    (error,) = errors
+    assert error.location is not None and error.location.path == tmp_path / "empty.yaml"
+    assert str(error).startswith(f"{tmp_path}/empty.yaml: empty manifest")
+
+
+def test_an_unreadable_manifest_is_reported_not_skipped(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "nowhere.yaml", tmp_path / "dangling.yaml")
+    os.mkfifo(tmp_path / "pipe.yaml")  # opening it for reading must not block
+    loaded, errors = load_paths([tmp_path])
+    assert loaded == []
+    by_path = {e.location.path: e.reason for e in errors if e.location is not None}
+    assert by_path == {
+        tmp_path / "dangling.yaml": "cannot read: No such file or directory",
+        tmp_path / "pipe.yaml": "not a regular file",
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "where"),
+    [
+        ('source: {path: "data\\0.csv"}', ":7:18: spec.source.path:"),
+        ('source: {requests: "r\\0.jsonl"}', ":7:22: spec.source.requests:"),
+    ],
+)
+def test_a_nul_byte_in_a_path_is_a_located_error(tmp_path: Path, field: str, where: str) -> None:
+    text = FULL.replace("source: {path: data.csv, key: sku}", field)
+    if "requests" in field:
+        text = text.replace('  prompt:\n    template: "Describe {{ name }}."\n', "")
+    (error,) = errors_of(text, tmp_path)
+    assert where in error and "is not a usable path: embedded null byte" in error
+
+
+def test_a_nul_byte_in_a_cache_file_is_a_located_error(tmp_path: Path) -> None:
+    (error,) = errors_of(FULL + '  cache: {files: ["ok.md", "b\\0d.md"]}\n', tmp_path)
+    assert ":11:28: spec.cache.files.1: 'b\\x00d.md' is not a usable path" in error
+
+
+def test_a_trailing_document_separator_is_not_a_document(tmp_path: Path) -> None:
+    (item,) = load(FULL + "---\n", tmp_path)
+    assert item.manifest.name == "copy"
+
+
+def test_a_query_timeout_is_no_new_version(tmp_path: Path) -> None:
+    query = "model: gemini-2.5-flash\nsource: {query: 'select 1 a'}\nprompt: {template: x}\n"
+    (default,) = load(query, tmp_path)
+    (longer,) = load(query.replace("'select 1 a'", "'select 1 a', timeout: 20m"), tmp_path)
+    assert longer.manifest.spec.source.timeout_s == 1200
+    assert default.manifest.spec.source.timeout_s == 300
+    assert longer.digest == default.digest  # operational: changing it re-plans nothing
+    (error,) = errors_of(query.replace("'select 1 a'", "'select 1 a', timeout: 0s"), tmp_path)
+    assert "source.timeout: timeout must be longer than 0s" in error
