@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -126,7 +128,82 @@ def test(extra: list[str]) -> None:
     run([str(BIN / "ruff"), "format", "--check", "runner", "tests", "bench", "dev.py"])
     run([str(BIN / "mypy"), "runner"])
     run([str(BIN / "lint-imports")])
-    run([str(BIN / "pytest"), "-q", *extra])
+    with ensure_postgres() as postgres_url:  # the shared-state and lake tests need one (#18)
+        run([str(BIN / "pytest"), "-q", *extra], env={**os.environ, POSTGRES_ENV: postgres_url})
+
+
+# -- a throwaway Postgres for the scale-out tests (#18) ------------------------------------
+POSTGRES_ENV = "GBATCH_TEST_POSTGRES_URL"  # tests/pg.py reads it (and starts one without it)
+INITDB = ("--auth=trust", "--encoding=UTF8", "--no-sync")
+
+
+def _postgres_bin() -> Path | None:
+    """The directory of Debian's PostgreSQL server programs, newest version first."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=_version, reverse=True)
+    return versions[0].parent if versions else None
+
+
+def _version(pg_ctl: Path) -> int:
+    name = pg_ctl.parent.parent.name
+    return int(name) if name.isdigit() else 0
+
+
+@contextmanager
+def ensure_postgres() -> Iterator[str]:
+    """A private PostgreSQL on a loopback port for the length of the block; its URL.
+
+    Debian's ``postgresql`` package is installed with apt-get when its programs are missing
+    (CI and the developers' machines run as root). ``initdb`` runs in a temp dir owned by the
+    ``postgres`` user (the server refuses to run as root), with trust auth on loopback only,
+    fsync off (throwaway data), and the server is stopped and its files removed at the end.
+    """
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        if os.geteuid() != 0:
+            sys.exit("the tests need PostgreSQL: apt-get install postgresql (as root)")
+        print("installing postgresql (for the shared-state tests) ...", flush=True)
+        quiet = {"env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+        run(["apt-get", "update", "-qq"], **quiet)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], **quiet)
+        bin_dir = _postgres_bin()
+        if bin_dir is None:
+            sys.exit("apt-get installed postgresql but no pg_ctl was found")
+    home = Path(tempfile.mkdtemp(prefix="gbatch-postgres-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(home, user="postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, port = home / "data", free_port()
+    pg_ctl = [*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    options = (
+        f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={home} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+    )
+    try:
+        subprocess.run(
+            [*as_owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "gbatch", *INITDB],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*pg_ctl, "-o", options, "-l", str(home / "server.log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        log = home / "server.log"
+        detail = log.read_text() if log.exists() else exc.stderr.decode(errors="replace")
+        shutil.rmtree(home, ignore_errors=True)
+        sys.exit(f"could not start a throwaway PostgreSQL:\n{detail}")
+    print(f"PostgreSQL on 127.0.0.1:{port} for the tests ({home})", flush=True)
+    try:
+        yield f"postgresql://gbatch@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -130,3 +130,8 @@ class StoreBusyError(StoreError):
 
 class LockedError(GbatchError):
     """Another gbatch process already owns this state directory."""
+
+
+class NotLeaderError(LockedError):
+    """This process does not (or no longer) lead the shared state: its write was refused
+    (fencing). A daemon stands by again; a command exits as for any LockedError."""

@@ -94,6 +94,26 @@ class Settings(BaseSettings):
         description="An OAuth access token to use instead of Application Default Credentials "
         "(e.g. from `gcloud auth print-access-token`; it is not refreshed).",
     )
+    # -- several daemons over one shared state and one lake (#18); `pip install gbatch[team]`
+    state_url: SecretStr | None = Field(
+        None,
+        description="postgresql://... : keep the state in Postgres, shared by several daemons "
+        "(one leads); unset: SQLite under state_dir.",
+    )
+    lake_data_path: Path | None = Field(
+        None,
+        description="Where a DuckLake results database (GBATCH_DB=ducklake:...) keeps its "
+        "Parquet files; a folder every host sees.",
+    )
+    leader_lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="A leader whose heartbeat is older than this is taken over (it stalled); "
+        "one that died is taken over at once.",
+    )
+    lake_compact_every_s: float = Field(
+        300.0, gt=0, description="At most this often, a lake's small files are merged."
+    )
 
     @property
     def state_db(self) -> Path:

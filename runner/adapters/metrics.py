@@ -6,8 +6,8 @@ errors by code, reconcile durations). ``/healthz`` answers 200 while the daemon'
 and 503 with the failing checks otherwise (a dead watcher, a reconcile loop that stopped
 beating). With a ``StatusPage`` it also serves the status page (``/``, ``/api/status``,
 ``/api/query``; see ``runner.adapters.webui``). Served from a daemon thread; the state is read
-through a connection of its own. A port already taken is a ``ListenError`` naming it. Started
-by the CLI's ``watch`` command.
+through a connection of its own (``summary``). A port already taken is a ``ListenError``
+naming it. Started by the CLI's ``watch`` command.
 """
 
 from __future__ import annotations
@@ -16,33 +16,31 @@ import errno
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from runner.adapters.state import StateStore
 from runner.adapters.webui import ROUTES, SECURITY_HEADERS, Request, StatusPage
 from runner.errors import ListenError
 
 Checks = Callable[[], list[str]]  # the failing health checks; empty when healthy
+# The state's aggregates (``State.summary``), read afresh: the CLI opens whichever state the
+# settings name (SQLite or Postgres) for each scrape.
+Summary = Callable[[], dict[str, list[tuple[Any, ...]]]]
 
 
 class _StateCollector(Collector):
     """Gauges read from the state database on every scrape (so they survive restarts)."""
 
-    def __init__(self, state_db: Path, api_errors: Mapping[str, int]) -> None:
-        self._state_db = state_db
+    def __init__(self, summary: Summary, api_errors: Mapping[str, int]) -> None:
+        self._summary = summary
         self._api_errors = api_errors
 
     def collect(self) -> Iterable[Metric]:
-        state = StateStore(self._state_db)
-        try:
-            summary = state.summary()
-        finally:
-            state.close()
+        summary = self._summary()
         manifests = GaugeMetricFamily(
             "gbatch_manifests", "Manifests by sync status", labels=["status"]
         )
@@ -84,7 +82,7 @@ class MetricsServer:
     def __init__(
         self,
         *,
-        state_db: Path,
+        summary: Summary,
         api_errors: Mapping[str, int],
         checks: Checks,
         host: str = "127.0.0.1",
@@ -92,7 +90,7 @@ class MetricsServer:
         page: StatusPage | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StateCollector(state_db, api_errors))
+        self.registry.register(_StateCollector(summary, api_errors))
         ProcessCollector(registry=self.registry)  # CPU seconds, resident memory, open fds
         self._reconcile = Histogram(
             "gbatch_reconcile_duration_seconds",

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from runner import crashpoints
 from runner.adapters.duck import (
@@ -38,7 +38,9 @@ from runner.adapters.duck import (
     single_select,
 )
 from runner.core import schema_types, tables
+from runner.core.ports import Table
 from runner.core.pricing import Price
+from runner.core.records import IngestSummary, Owner
 from runner.core.requests import EMBED_DIMENSIONS_COLUMN
 from runner.errors import GbatchError, LockedError, StoreBusyError, StoreError
 
@@ -83,16 +85,59 @@ class QueryError(GbatchError):
     """The user's SQL was refused or failed."""
 
 
+__all__ = ["IngestSummary", "Owner"]  # defined in the core: every result store uses them
+T = TypeVar("T")
+
+
+# -- where the tables live (#18): a DuckDB file, or another catalog behind an Opener -------
+class Opener(Protocol):
+    """Opens connections whose current database holds the result tables (the SQL below
+    names tables unqualified). ``runner.adapters.lake.LakeOpener`` is the other one."""
+
+    def connect(self, *, read_only: bool, wait_s: float = 0.0) -> Connection: ...
+
+    def exists(self) -> bool:
+        """Whether there can be tables yet (a file not yet written: no)."""
+        ...
+
+    def readable(self) -> tuple[Path, ...]:
+        """Folders a locked-down reader must still read (a lake's data files)."""
+        ...
+
+
 @dataclass(frozen=True)
-class IngestSummary:
-    rows: int
-    succeeded: int
-    failed: int
-    missing_keys: int
-    unknown_keys: int
-    cost_usd: float
-    prompt_tokens: int
-    output_tokens: int
+class DuckFile:
+    """The default: one DuckDB file, opened only for the length of one write."""
+
+    path: Path
+
+    def connect(self, *, read_only: bool, wait_s: float = 0.0) -> Connection:
+        return open_file(self.path, read_only=read_only, wait_s=wait_s)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def readable(self) -> tuple[Path, ...]:
+        return ()  # the open file is read through its connection
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _target(results_db: Path | Opener) -> Opener:
+    return DuckFile(results_db) if isinstance(results_db, Path) else results_db
+
+
+def _in_lake(con: Connection) -> bool:
+    """Whether the current database is a DuckLake (Parquet files: no per-column compression
+    clause, and a column type changes only by widening, so text is made by a rewrite)."""
+    row = con.execute(
+        "select type from duckdb_databases() where database_name = current_database()"
+    ).fetchone()
+    return row is not None and row[0] == "ducklake"
+
+
+# -----------------------------------------------------------------------------------------
 
 
 def _parse(
@@ -334,19 +379,33 @@ def _ensure_table(con: Connection, table: str, like: str, *, zstd: tuple[str, ..
     values (callers that want a fresh table call ``_retire_if_changed`` first). Columns
     named in ``zstd`` are created zstd-compressed.
     """
+    lake = _in_lake(con)  # #18
     if _kind(con, table) is None:
         columns = ", ".join(
-            f"{ident(name)} {kind}" + (" using compression zstd" if name in zstd else "")
+            f"{ident(name)} {kind}"
+            + (" using compression zstd" if name in zstd and not lake else "")
             for name, kind in _types(con, like).items()
         )
         con.execute(f"create table {ident(table)} ({columns})")
         return
     have = _types(con, ident(table))
+    widen = []
     for name, kind in _types(con, like).items():
         if name not in have:
             con.execute(f"alter table {ident(table)} add column {ident(name)} {kind}")
         elif have[name] != kind and have[name] != "VARCHAR":
+            widen.append(name)
+    if widen and not lake:
+        for name in widen:
             con.execute(f"alter table {ident(table)} alter column {ident(name)} type VARCHAR")
+    elif widen:  # #18: a lake table is rewritten with those columns as text
+        casts = ", ".join(f"{ident(n)}::varchar as {ident(n)}" for n in widen)
+        con.execute(
+            f"create table {ident(table + '__widened')} as "
+            f"select * replace ({casts}) from {ident(table)}"
+        )
+        con.execute(f"drop table {ident(table)}")
+        con.execute(f"alter table {ident(table + '__widened')} rename to {ident(table)}")
 
 
 def _retire_if_changed(con: Connection, table: str, like: str, stamp: str) -> None:
@@ -471,15 +530,9 @@ def _shown(con: Connection, table: str) -> str | None:
 OWNER = "gbatch_owner"
 
 
-@dataclass(frozen=True)
-class Owner:
-    """A state's identity as the results file records it; ``state_dir`` is for messages."""
-
-    id: str
-    state_dir: str
-
-
-def _claim(con: Connection, results_db: Path, owner: Owner | None, *, take: bool = False) -> None:
+def _claim(
+    con: Connection, results_db: Path | Opener, owner: Owner | None, *, take: bool = False
+) -> None:
     """Record ``owner`` as the file's writer when none is; LockedError when another is
     (``take``: replace it, the explicit act for a state that is gone for good)."""
     if owner is None:
@@ -497,7 +550,7 @@ def _claim(con: Connection, results_db: Path, owner: Owner | None, *, take: bool
     con.execute(f"insert into {OWNER} values (?, ?, now()::timestamp)", [owner.id, owner.state_dir])
 
 
-def not_owner(results_db: Path, owner: Owner, holder: Owner) -> str:
+def not_owner(results_db: Path | Opener, owner: Owner, holder: Owner) -> str:
     return (
         f"{results_db} is written by the gbatch state in {holder.state_dir} "
         f"(id {holder.id[:8]}), not by this one ({owner.state_dir}): two states writing one "
@@ -508,10 +561,12 @@ def not_owner(results_db: Path, owner: Owner, holder: Owner) -> str:
     )
 
 
-def claim(results_db: Path, owner: Owner, *, take: bool = False, wait_s: float = 0.0) -> None:
+def claim(
+    results_db: Path | Opener, owner: Owner, *, take: bool = False, wait_s: float = 0.0
+) -> None:
     """Make ``owner`` the writer of the results file (creating it); LockedError if another
     state is (unless ``take``)."""
-    con = open_file(results_db, read_only=False, wait_s=wait_s)
+    con = _target(results_db).connect(read_only=False, wait_s=wait_s)
     try:
         con.execute("begin transaction")
         _claim(con, results_db, owner, take=take)
@@ -524,7 +579,7 @@ def claim(results_db: Path, owner: Owner, *, take: bool = False, wait_s: float =
 
 def ingest(
     *,
-    results_db: Path,
+    results_db: Path | Opener,
     table: str,
     result_file: Path,
     requests: Path,
@@ -552,7 +607,7 @@ def ingest(
     ``ingested_at``: the time to record (a rebuild keeps the original order), else now.
     A view left on an older request set than ``current`` is re-pointed in the same step.
     """
-    con = open_file(results_db, read_only=False)
+    con = _target(results_db).connect(read_only=False)
     try:
         _parse(
             con,
@@ -682,12 +737,13 @@ def _write_sources(con: Connection, table: str, job: str, this_job: str) -> None
 
 
 def show_current(
-    *, results_db: Path, table: str, current: Path, owner: Owner | None = None
+    *, results_db: Path | Opener, table: str, current: Path, owner: Owner | None = None
 ) -> None:
     """Point ``table`` at the newest answer of each (key, hash) of the current version."""
-    if not results_db.exists():
+    target = _target(results_db)
+    if not target.exists():
         return
-    con = open_file(results_db, read_only=False)
+    con = target.connect(read_only=False)
     try:
         if _kind(con, tables.history(table)) is None:
             return
@@ -956,7 +1012,7 @@ def _sized_vectors(con: Connection, history: str, current: Path | None, path: Pa
 
 
 def run_query(
-    results_db: Path,
+    results_db: Path | Opener,
     sql: str,
     *,
     extra_tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] | None = None,
@@ -966,16 +1022,17 @@ def run_query(
     problem = single_select(sql)
     if problem:
         raise QueryError(problem)
-    if not results_db.exists():  # a typo'd GBATCH_DB must not look like an empty database
+    target = _target(results_db)
+    if not target.exists():  # a typo'd GBATCH_DB must not look like an empty database
         raise StoreError(
             f"no results database at {results_db} (GBATCH_DB): check the path; gbatch creates "
             "it on the first apply"
         )
-    con = open_file(results_db, read_only=True, wait_s=10)
+    con = target.connect(read_only=True, wait_s=10)
     try:
         for name, (columns, rows) in (extra_tables or {}).items():
             con.execute(_temp_table_sql(name, columns, rows))
-        lock_down(con)
+        lock_down(con, readable=target.readable())
         cursor = con.execute(sql)
         columns = [d[0] for d in cursor.description or []]
         return columns, cursor.fetchmany(max_rows)
@@ -1002,3 +1059,79 @@ def _temp_table_sql(name: str, columns: list[str], rows: list[tuple[Any, ...]]) 
 
 
 _SQL_TYPES = {int: "BIGINT", float: "DOUBLE", bool: "BOOLEAN", str: "VARCHAR"}
+
+
+class ResultsDb:
+    """The result-store port (``runner.core.ports.ResultStore``) over this module's functions,
+    on a DuckDB file or on another Opener. A new store operation is a function above taking
+    ``results_db`` and one method here passing ``self.target`` (through ``_write`` when it
+    writes: a lake retries there on commit conflicts). The file's integrity checks
+    (``inspect``, ``keep_rows``, ``restore``, ``move_aside``) stay functions of the file
+    (``file``), called by ``runner.engine.integrity``."""
+
+    def __init__(self, target: Path | Opener) -> None:
+        self.target = target
+
+    @property
+    def file(self) -> Path | None:
+        """The DuckDB file the integrity checks read and repair (None: not a file)."""
+        return self.target if isinstance(self.target, Path) else None
+
+    def _write(self, work: Callable[[], T]) -> T:
+        return work()
+
+    def ingest(
+        self,
+        *,
+        table: str,
+        result_file: Path,
+        requests: Path,
+        current: Path | None,
+        output_schema: dict[str, Any] | None,
+        price: Price | None,
+        job: str,
+        manifest: str,
+        manifest_version: str,
+        commit: str | None,
+        paid: bool = True,
+        on_schema_change: str = "add_columns",
+        keep: Path | None = None,
+        owner: Owner | None = None,
+        ingested_at: str | None = None,
+    ) -> IngestSummary:
+        return self._write(
+            lambda: ingest(
+                results_db=self.target,
+                table=table,
+                result_file=result_file,
+                requests=requests,
+                current=current,
+                output_schema=output_schema,
+                price=price,
+                job=job,
+                manifest=manifest,
+                manifest_version=manifest_version,
+                commit=commit,
+                paid=paid,
+                on_schema_change=on_schema_change,
+                keep=keep,
+                owner=owner,
+                ingested_at=ingested_at,
+            )
+        )
+
+    def show_current(self, *, table: str, current: Path, owner: Owner | None = None) -> None:
+        self._write(
+            lambda: show_current(results_db=self.target, table=table, current=current, owner=owner)
+        )
+
+    def claim(self, owner: Owner, *, take: bool = False, wait_s: float = 0.0) -> None:
+        self._write(lambda: claim(self.target, owner, take=take, wait_s=wait_s))
+
+    def run_query(
+        self, sql: str, *, extra_tables: dict[str, Table] | None = None, max_rows: int = 10_000
+    ) -> Table:
+        return run_query(self.target, sql, extra_tables=extra_tables, max_rows=max_rows)
+
+    def describe(self) -> list[str]:
+        return []  # a file has nothing to add to `gbatch status`

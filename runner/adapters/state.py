@@ -15,14 +15,20 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.core.clock import Clock, SystemClock, parse_time, stamp
-from runner.core.lifecycle import LIVE_PHASES, JobFacts, Phase, check_move
-from runner.core.manifest import Policy
+from runner.core.clock import Clock, SystemClock, stamp
+from runner.core.lifecycle import LIVE_PHASES, Phase, check_move
+from runner.core.records import (
+    EVENT_COLUMNS,
+    CacheRow,
+    JobRow,
+    KeptRows,
+    ManifestRow,
+    TableOwner,
+    columns,
+)
 from runner.errors import LockedError, StoreError
 
 # Ordered, named migrations (llm's pattern): each applied one is recorded by name, so adding
@@ -201,127 +207,11 @@ JOB_KINDS = ("batch", "reuse")
 _NUMBERED = {number: name for number, (name, _) in enumerate(MIGRATIONS[:6], start=1)}
 
 
-@dataclass(frozen=True)
-class JobRow:
-    id: int
-    intent: str
-    manifest: str
-    digest: str
-    commit_sha: str | None
-    display_name: str
-    model: str
-    request_file: str
-    requests: int
-    bytes: int
-    phase: Phase
-    remote_name: str | None
-    remote_state: str | None
-    input_file: str | None
-    inline: int
-    succeeded: int
-    failed: int
-    cost_usd: float | None
-    error: str | None
-    created_at: str
-    updated_at: str
-    prompt_tokens: int
-    output_tokens: int
-    kind: str
-    submitted_at: str | None
-    input_tokens_est: int
-    cache_digest: str | None
-    input_expires: str | None
-    lookup_since: str | None
-    cancel_reason: str | None
-    task: str = "generate"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "phase", Phase(self.phase))
-
-    def facts(self) -> JobFacts:
-        """What the lifecycle's ``step`` reads of this job."""
-        return JobFacts(
-            phase=self.phase,
-            inline=bool(self.inline),
-            input_file=self.input_file,
-            input_expires=_time(self.input_expires),
-            submitted_at=_time(self.submitted_at),
-            lookup_since=_time(self.lookup_since),
-            cancel_reason=self.cancel_reason,
-        )
-
-
-def _time(text: str | None) -> datetime | None:
-    return parse_time(text) if text else None
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    name: str
-    path: str
-    table_name: str
-    model: str
-    digest: str
-    commit_sha: str | None
-    request_set: str | None
-    set_digest: str | None
-    requests: int
-    status: str
-    last_error: str | None
-    updated_at: str
-    policy: str
-
-    @property
-    def policy_spec(self) -> Policy:
-        """The manifest's policy as recorded, with the model's own defaults (one place)."""
-        return Policy.model_validate_json(self.policy or "{}")
-
-
-@dataclass(frozen=True)
-class CacheRow:
-    name: str
-    manifest: str
-    digest: str
-    model: str
-    expire_time: str
-    created_at: str
-    deleted_at: str | None
-    tokens: int
-    cost_usd: float
-
-
-@dataclass(frozen=True)
-class TableOwner:
-    """The manifest (identity: its name) that may write ``table_name`` and its derived names."""
-
-    table_name: str
-    manifest: str
-    path: str
-    since: str
-
-
-@dataclass(frozen=True)
-class KeptRows:
-    """Where one ingested job's history rows are kept outside the results file.
-
-    ``kind``: ``lines`` (the rows exactly as ingested), ``ledger`` (rebuilt from the ledger and
-    the answer store: failed lines' error details were not kept), ``lost`` (nothing to rebuild
-    from; counted so it is reported once, not retried every cycle).
-    """
-
-    job: int
-    table_name: str
-    label: str
-    rows: int
-    kind: str
-    at: str
-
-
-_CACHE_COLUMNS = ", ".join(f.name for f in fields(CacheRow))
-_JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
-_MANIFEST_COLUMNS = ", ".join(f.name for f in fields(ManifestRow))
-_KEPT_COLUMNS = ", ".join(f.name for f in fields(KeptRows))
-_OWNER_COLUMNS = ", ".join(f.name for f in fields(TableOwner))
+_CACHE_COLUMNS = columns(CacheRow)
+_JOB_COLUMNS = columns(JobRow)
+_MANIFEST_COLUMNS = columns(ManifestRow)
+_KEPT_COLUMNS = columns(KeptRows)
+_OWNER_COLUMNS = columns(TableOwner)
 
 
 def _owners(db: sqlite3.Connection) -> list[TableOwner]:
@@ -454,6 +344,12 @@ class StateStore:
             self._db.execute("commit")
         except sqlite3.Error as exc:
             raise StoreError(f"state database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def intent_lock(self, intent: str) -> Iterator[bool]:
+        """Always held: one process owns a SQLite state (ProcessLock), so no other can create
+        this intent meanwhile. (The Postgres store takes a lock across processes here.)"""
+        yield True
 
     # -- manifests ---------------------------------------------------------------------------
     def upsert_manifest(self, **values: Any) -> None:
@@ -708,7 +604,7 @@ class StateStore:
                 (job, table, label, rows, kind, self.now()),
             )
 
-    EVENT_COLUMNS = ("id", "at", "manifest", "job", "kind", "message")
+    EVENT_COLUMNS = EVENT_COLUMNS
 
     def events(
         self, *, manifest: str | None = None, after: int = 0, newest: int | None = None

@@ -18,17 +18,30 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runner.adapters import datafiles, results
-from runner.adapters.state import ProcessLock, StateStore
+from runner.adapters import datafiles
+from runner.adapters.state import ProcessLock
 from runner.cli import console, render, scaffold, views
 from runner.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, exit_code
 from runner.cli.logs import note
 from runner.cli.progress import Progress
-from runner.cli.wiring import CliSettings, checked, runtime, selector, validated
+from runner.cli.wiring import (
+    CliSettings,
+    checked,
+    leadership_for,
+    open_results,
+    process_lock,
+    runtime,
+    selector,
+    state_lines,
+    state_of,
+    validated,
+)
 from runner.core.lifecycle import TO_SUBMIT, Phase
 from runner.core.loader import LoadedManifest, load_file
 from runner.core.manifest import json_schema
-from runner.core.pricing import load_prices
+from runner.core.ports import State
+from runner.core.pricing import PriceTable, load_prices
+from runner.core.records import EVENT_COLUMNS
 from runner.engine import cycle, diffing, integrity, lifecycle, pruning, reconcile
 from runner.engine.runtime import Runtime
 from runner.engine.selection import Selector
@@ -182,7 +195,7 @@ def cmd_apply(
         raise UsageError("--prune with --selector: a removed file's labels are unknown")
     loaded = validated(paths, chosen, settings)
     by_name = {item.manifest.name: item for item in loaded}
-    with ProcessLock(settings.state_dir), runtime(settings) as rt:
+    with process_lock(settings), runtime(settings, lead=True) as rt:
         integrity.ensure(rt, loaded)  # the owner, the table names; rebuild what is missing
         shown = None
         if ask is not None and not yes:
@@ -350,7 +363,7 @@ def _labels_of(path: str) -> dict[str, str] | None:
 
 def status_view(
     settings: CliSettings,
-    state: StateStore,
+    state: State,
     *,
     chosen: Selector | None = None,
     jobs: bool = False,
@@ -366,7 +379,7 @@ def status_view(
     recent = None
     if events:
         rows = state.events(newest=events)
-        recent = [views.event_view(state.EVENT_COLUMNS, r) for r in rows][::-1]
+        recent = [views.event_view(EVENT_COLUMNS, r) for r in rows][::-1]
     return views.Status(
         state_dir=str(settings.state_dir),
         manifests=[views.manifest_status(m, all_jobs, prices) for m in manifests],
@@ -374,23 +387,24 @@ def status_view(
             views.InvalidFile(path=p, error=e, since=s) for p, e, s in state.invalid_files()
         ],
         files_storage=views.files_storage(all_jobs, state.media_files()),
-        results=integrity.status_lines(
-            integrity.Offline(settings=settings, state=state, prices=prices)
-        )
-        if manifests
-        else [],
+        results=_store_lines(settings, state, prices) if manifests else [],
         jobs=[views.job_view(j, now=now) for j in all_jobs] if jobs else None,
         events=recent,
     )
 
 
+def _store_lines(settings: CliSettings, state: State, prices: PriceTable) -> list[str]:
+    """Where the state and the results are (a shared state: who leads; a lake: its
+    snapshot), and whether every answer is in the results file."""
+    store = open_results(settings)
+    stores = integrity.Offline(settings=settings, state=state, prices=prices, results=store)
+    return state_lines(state) + store.describe() + integrity.status_lines(stores)
+
+
 def page_status(settings: CliSettings) -> dict[str, Any]:
     """``/api/status`` of the page: every manifest, job and the newest events."""
-    state = StateStore(settings.state_db)
-    try:
+    with state_of(settings) as state:
         view = status_view(settings, state, jobs=True, events=EVENTS_SHOWN)
-    finally:
-        state.close()
     return view.model_dump(mode="json")
 
 
@@ -398,11 +412,8 @@ def cmd_status(
     settings: CliSettings, *, selectors: Sequence[str], jobs: bool, output: str
 ) -> Outcome:
     chosen = selector(selectors)
-    state = StateStore(settings.state_db)
-    try:
+    with state_of(settings) as state:
         view = status_view(settings, state, chosen=chosen, jobs=jobs)
-    finally:
-        state.close()
     if _emit(view, output):
         return Outcome(EXIT_OK, view)
     if not view.manifests and not view.invalid_files:
@@ -421,12 +432,9 @@ def cmd_status(
 
 
 def _events(settings: CliSettings, *, manifest: str | None, after: int) -> list[views.Event]:
-    state = StateStore(settings.state_db)
-    try:
+    with state_of(settings) as state:
         rows = state.events(manifest=manifest, after=after)
-    finally:
-        state.close()
-    return [views.event_view(StateStore.EVENT_COLUMNS, r) for r in rows]
+    return [views.event_view(EVENT_COLUMNS, r) for r in rows]
 
 
 def cmd_events(
@@ -478,6 +486,8 @@ def cmd_cancel(settings: CliSettings, *, manifest: str) -> Outcome:
     resync sends its unanswered rows again, unless the file is removed too."""
     lock = ProcessLock(settings.state_dir)
     try:
+        if settings.state_url is not None:
+            raise LockedError("a shared state")  # its daemons may run: as when one does here
         lock.acquire()
         owned = True
     except LockedError:
@@ -525,11 +535,8 @@ def cmd_diff(
     output: str,
 ) -> Outcome:
     loaded = validated(paths, selector(selectors), settings)
-    state = StateStore(settings.state_db)
-    try:
+    with state_of(settings) as state:
         changes = [diffing.diff_manifest(state, item, limit=limit) for item in loaded]
-    finally:
-        state.close()
     items = []
     for c in changes:
         parts = sorted({p for k in c.changed_keys for p in k.parts})
@@ -570,12 +577,9 @@ def query_results(
     settings: CliSettings, sql: str, *, max_rows: int
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """A user's read-only SQL over the results and the bookkeeping tables (CLI and page)."""
-    state = StateStore(settings.state_db)
-    try:
+    with state_of(settings) as state:
         extra = state.tables()
-    finally:
-        state.close()
-    return results.run_query(settings.db, sql, extra_tables=extra, max_rows=max_rows)
+    return open_results(settings).run_query(sql, extra_tables=extra, max_rows=max_rows)
 
 
 def cmd_query(settings: CliSettings, *, sql: str, output_format: str) -> Outcome:
@@ -592,17 +596,31 @@ def cmd_rebuild(
     settings: CliSettings, *, table: str | None, move_to: str | None, claim: bool
 ) -> Outcome:
     """Rewrite result tables from the state alone (the rows kept per job)."""
-    with ProcessLock(settings.state_dir):
-        state = StateStore(settings.state_db)
-        try:
-            stores = integrity.Offline(
-                settings=settings, state=state, prices=load_prices(settings.prices_file)
+    with process_lock(settings), state_of(settings) as state:
+        leadership = leadership_for(state)  # a shared state: only its leader writes (#18)
+        if not leadership.lead():
+            raise LockedError(
+                f"{leadership.holder() or 'another process'} leads the shared state; one "
+                "gbatch apply, watch or rebuild acts on it at a time"
             )
-            report = integrity.rebuild(stores, table=table, move_to=move_to, claim=claim)
+        try:
+            report = _rebuild(settings, state, table=table, move_to=move_to, claim=claim)
         finally:
-            state.close()
+            leadership.release()
     console.say("\n".join(report.lines()) or "every table is whole; nothing to rebuild")
     return Outcome(EXIT_OK)
+
+
+def _rebuild(
+    settings: CliSettings, state: State, *, table: str | None, move_to: str | None, claim: bool
+) -> integrity.Report:
+    stores = integrity.Offline(
+        settings=settings,
+        state=state,
+        prices=load_prices(settings.prices_file),
+        results=open_results(settings),
+    )
+    return integrity.rebuild(stores, table=table, move_to=move_to, claim=claim)
 
 
 def cmd_schema(settings: CliSettings) -> Outcome:

@@ -15,13 +15,12 @@ from typing import Any
 
 from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.metrics import ListenError, MetricsServer
-from runner.adapters.state import ProcessLock
 from runner.adapters.webui import StatusPage
 from runner.cli import commands
 from runner.cli.commands import Outcome
 from runner.cli.exits import EXIT_OK, UsageError
 from runner.cli.logs import log, note
-from runner.cli.wiring import CliSettings, runtime, selector
+from runner.cli.wiring import CliSettings, process_lock, runtime, selector, state_of
 from runner.core.durations import parse_duration
 from runner.core.paths import confine
 from runner.engine.daemon import Daemon, DaemonOptions
@@ -74,7 +73,7 @@ def cmd_watch(
         "git_interval_s": _seconds(interval, "--interval"),
         "selector": selector(selectors) or None,
     }
-    with ProcessLock(settings.state_dir):
+    with process_lock(settings):
         git = None
         if git_url is not None:
             git = _checkout(settings, git_url, branch)
@@ -99,6 +98,12 @@ def cmd_watch(
                     metrics.stop()
 
 
+def _summary(settings: CliSettings) -> dict[str, list[tuple[Any, ...]]]:
+    """The state's aggregates for one scrape, through a state opened for it."""
+    with state_of(settings) as state:
+        return state.summary()
+
+
 def _serve_http(
     settings: CliSettings, rt: Any, daemon: Daemon, *, host: str, port: int
 ) -> MetricsServer:
@@ -112,7 +117,7 @@ def _serve_http(
     )
     try:
         metrics = MetricsServer(
-            state_db=settings.state_db,
+            summary=lambda: _summary(settings),
             api_errors=rt.backend.api_errors,
             checks=daemon.health_problems,
             host=host,

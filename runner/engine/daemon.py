@@ -21,12 +21,12 @@ from runner.adapters.query_source import QueryStopped
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.debounce import Debouncer
 from runner.core.loader import LoadedManifest, load_paths
-from runner.engine import cycle, integrity, lifecycle, reconcile
+from runner.engine import cycle, integrity, leadership, lifecycle, reconcile
 from runner.engine.pruning import MASS_DELETE_FRACTION, mass_deletion
 from runner.engine.runtime import Runtime, log
 from runner.engine.selection import Selector
 from runner.engine.validate import check_data
-from runner.errors import GbatchError, LockedError, ManifestError
+from runner.errors import GbatchError, LockedError, ManifestError, NotLeaderError
 
 EXIT_OK, EXIT_DEAD = 0, 1
 
@@ -104,6 +104,7 @@ class Daemon:
             watcher.start()
             self._watcher = watcher
         debouncer = Debouncer(quiet=self.options.quiet_s, max_wait=self.options.max_wait_s)
+        gate = leadership.Gate(self.rt.leadership, self.rt.state)  # #18
         next_resync = next_git = 0.0
         next_poll = 0.0
         try:
@@ -113,6 +114,13 @@ class Daemon:
                 if watcher is not None and not watcher.is_alive():
                     log.error("the file watcher died; stopping (a restart resumes all work)")
                     return EXIT_DEAD
+                if not gate.turn():  # #18: a standby of a shared state waits (and serves)
+                    self._applied.clear()  # on taking the lead: a full resync, as at a start
+                    self._missing.clear()
+                    self._cycle_error = None
+                    next_resync = 0.0
+                    self._wait_until(clock.monotonic() + gate.standby_poll_s, debouncer)
+                    continue
                 now = clock.monotonic()
                 self._drain(debouncer, now)
                 changed = debouncer.ready(now)
@@ -130,6 +138,9 @@ class Daemon:
                     if full or changed or now >= next_poll:
                         self._follow()
                         next_poll = clock.monotonic() + self.rt.settings.poll_interval_s
+                    self._cycle_error = None
+                except NotLeaderError as exc:  # #18: fenced; the gate sees the lead is gone
+                    log.warning("%s", exc)
                     self._cycle_error = None
                 except LockedError:
                     raise  # another gbatch owns the state or the results: this one must stop

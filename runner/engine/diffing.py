@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.adapters import request_sets, sources
-from runner.adapters.state import StateStore
 from runner.core.loader import LoadedManifest
+from runner.core.ports import State
 from runner.engine import caching
 from runner.engine.reconcile import version_of
 from runner.engine.validate import locate
@@ -77,7 +77,7 @@ def changed_parts(
     return tuple(sorted(found))
 
 
-def diff_manifest(state: StateStore, loaded: LoadedManifest, *, limit: int) -> ManifestChanges:
+def diff_manifest(state: State, loaded: LoadedManifest, *, limit: int) -> ManifestChanges:
     manifest = loaded.manifest
     row = state.manifest(manifest.name)
     previous = Path(row.request_set) if row is not None and row.request_set else None

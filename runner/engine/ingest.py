@@ -1,6 +1,6 @@
 """Ingest downloaded jobs into the results database and record their outcome per row.
 
-A downloaded job is ingested in one results transaction (``results.ingest``), its answers go
+A downloaded job is ingested in one results transaction (``rt.results.ingest``), its answers go
 to the answer store and its outcome per row to the ledger, then it is ``ingested``; a busy
 results file leaves it ``downloaded`` for the next cycle. Files the service holds for us are
 deleted once no live job needs them (uploads count against the project's 20 GB). Called by
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import crashpoints
-from runner.adapters import ledger, media, results
+from runner.adapters import ledger, media
 from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
@@ -44,8 +44,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestRep
         schema = loaded.manifest.spec.output_schema if loaded else None
         result_file = result_path(rt, job)
         try:
-            summary = results.ingest(
-                results_db=rt.results_db,
+            summary = rt.results.ingest(
                 table=table,
                 result_file=result_file,
                 requests=Path(job.request_file),

@@ -27,18 +27,12 @@ from pathlib import Path
 from typing import Protocol
 
 from runner.adapters import ledger, results
-from runner.adapters.state import (
-    JobRow,
-    KeptRows,
-    ManifestRow,
-    StateStore,
-    TableOwner,
-    read_table_owners,
-)
 from runner.core import tables
 from runner.core.loader import LoadedManifest
 from runner.core.manifest import NAME_PATTERN
+from runner.core.ports import ResultStore, State
 from runner.core.pricing import PriceTable
+from runner.core.records import JobRow, KeptRows, ManifestRow, TableOwner
 from runner.engine.runtime import log
 from runner.errors import (
     GbatchError,
@@ -67,9 +61,11 @@ class Stores(Protocol):
     @property
     def settings(self) -> Settings: ...
     @property
-    def state(self) -> StateStore: ...
+    def state(self) -> State: ...
     @property
     def prices(self) -> PriceTable: ...
+    @property
+    def results(self) -> ResultStore: ...
 
 
 @dataclass(frozen=True)
@@ -77,8 +73,9 @@ class Offline:
     """Stores for commands that send no request (``rebuild``, ``status``)."""
 
     settings: Settings
-    state: StateStore
+    state: State
     prices: PriceTable
+    results: ResultStore
 
 
 def kept_path(settings: Settings, table: str, job_id: int) -> Path:
@@ -93,6 +90,14 @@ def label(job: JobRow) -> str:
 
 def owner_of(stores: Stores) -> results.Owner:
     return results.Owner(stores.state.identity(), str(stores.settings.state_dir.resolve()))
+
+
+def _file(stores: Stores) -> Path:
+    """The results file the checks read and repair (they run only when there is one)."""
+    file = stores.results.file
+    if file is None:
+        raise StoreError("the result store is not a DuckDB file")  # callers check first
+    return file
 
 
 # -- names ---------------------------------------------------------------------------------
@@ -153,11 +158,11 @@ def check_names(
 
 
 def refuse_collisions(
-    loaded: list[LoadedManifest], errors: list[ManifestError], *, state_db: Path
+    loaded: list[LoadedManifest], errors: list[ManifestError], *, owners: Sequence[TableOwner]
 ) -> list[LoadedManifest]:
     """``loaded`` without the manifests whose table collides; their errors added to ``errors``.
-    Reads the state without creating or migrating it (for validate and plan)."""
-    problems = check_names(loaded, read_table_owners(state_db))
+    ``owners``: the state's, read without creating or migrating it (for validate and plan)."""
+    problems = check_names(loaded, owners)
     errors.extend(problems.values())
     return [item for item in loaded if item.manifest.name not in problems]
 
@@ -249,7 +254,9 @@ def _repair(
     report: Report,
     rebuild: Collection[str],
 ) -> None:
-    state, db = stores.state, stores.settings.db
+    state, db = stores.state, stores.results.file
+    if db is None:  # a lake: its catalog keeps every snapshot; nothing here to inspect (#18)
+        return
     owner = owner_of(stores)
     known = _Known.read(state)
     verified = state.verified_results() == str(db.resolve())
@@ -321,7 +328,7 @@ class _Known:
     ingested: list[JobRow]
 
     @classmethod
-    def read(cls, state: StateStore) -> _Known:
+    def read(cls, state: State) -> _Known:
         return cls(
             owners={o.table_name: o.manifest for o in state.table_owners()},
             manifests={m.name: m for m in state.manifests()},
@@ -347,7 +354,7 @@ def _inspect(
     stores: Stores, known: _Known, report: Report, *, wait_s: float = 0.0
 ) -> results.Inspection:
     """The results file as it is; one DuckDB cannot open is moved aside (and so is empty)."""
-    db = stores.settings.db
+    db = _file(stores)
     try:
         return results.inspect(db, known.names(), wait_s=wait_s)
     except results.CorruptResultsError as exc:
@@ -411,7 +418,7 @@ def _keep(
         wrote = _from_ledger(stores, job, loaded.get(job.manifest), report, owner) or wrote
     for table, group in copy.items():
         counts = results.keep_rows(
-            settings.db, table, [(label(j), kept_path(settings, table, j.id)) for j in group]
+            _file(stores), table, [(label(j), kept_path(settings, table, j.id)) for j in group]
         )
         for job in group:
             state.record_kept(
@@ -451,7 +458,7 @@ def _from_ledger(
     )
     keep = kept_path(settings, table, job.id)
     summary = results.ingest(
-        results_db=settings.db,
+        results_db=_file(stores),
         table=table,
         result_file=lines,
         requests=Path(job.request_file),
@@ -505,7 +512,7 @@ def rebuild(
         state.event("table_moved", message, manifest=move_to)
         log.warning("%s", message)
     if claim:
-        results.claim(stores.settings.db, owner_of(stores), take=True)
+        stores.results.claim(owner_of(stores), take=True)
         state.event("results_claimed", f"{stores.settings.db} is now written by this state")
     return ensure(stores, rebuild=[table] if table else known)
 
@@ -513,8 +520,10 @@ def rebuild(
 def status_lines(stores: Stores) -> list[str]:
     """For ``gbatch status``: whether the results file holds every answer the state has,
     read-only (repairs are for apply, the daemon and ``rebuild``), and the latest repairs."""
-    db = stores.settings.db
+    db = stores.results.file
     known = _Known.read(stores.state)
+    if db is None:  # a lake (#18): the store describes itself (ResultStore.describe)
+        return []
     try:
         seen = results.inspect(db, known.names())
     except results.CorruptResultsError as exc:
@@ -532,7 +541,7 @@ def status_lines(stores: Stores) -> list[str]:
 
 
 def _status(stores: Stores, known: _Known, seen: results.Inspection) -> list[str]:
-    db = stores.settings.db
+    db = _file(stores)
     owner = owner_of(stores)
     if seen.owner is not None and seen.owner.id != owner.id:
         return [f"results {db}: {results.not_owner(db, owner, seen.owner)}"]

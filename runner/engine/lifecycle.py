@@ -118,10 +118,25 @@ def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitR
                 if job.error != reason:
                     rt.state.update_job(job.id, error=reason)
                 continue
-        if _guarded(rt, job, report, partial(_advance, rt, job, remote, report)):
+        if _guarded(rt, job, report, partial(_advance_alone, rt, job, remote, report)):
             in_flight += 1
             enqueued[job.model] = enqueued.get(job.model, 0) + job.input_tokens_est
     return report
+
+
+def _advance_alone(
+    rt: Runtime, job: JobRow, remote: RemoteJob | None, report: SubmitReport
+) -> bool:
+    """#18: ``_advance`` under the intent's lock, held across the create and its record, on
+    the job as it is now (another process may have moved it). Held elsewhere: wait a round."""
+    with rt.state.intent_lock(job.intent) as held:
+        if not held:
+            report.waiting += 1
+            return False
+        job = rt.state.job(job.id)
+        if job.phase not in TO_SUBMIT:
+            return False
+        return _advance(rt, job, remote, report)
 
 
 def _advance(rt: Runtime, job: JobRow, remote: RemoteJob | None, report: SubmitReport) -> bool:

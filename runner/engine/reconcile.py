@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import crashpoints
-from runner.adapters import ledger, results, sources
+from runner.adapters import ledger, sources
 from runner.adapters.state import JobRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
@@ -361,9 +361,7 @@ def materialize_reuse(rt: Runtime, job: JobRow) -> None:
 def show_current(rt: Runtime, name: str, table: str, desired: Path) -> bool:
     """Make the results table show this version; False when the file is busy (retry later)."""
     try:
-        results.show_current(
-            results_db=rt.results_db, table=table, current=desired, owner=integrity.owner_of(rt)
-        )
+        rt.results.show_current(table=table, current=desired, owner=integrity.owner_of(rt))
     except StoreBusyError as exc:
         rt.state.event("busy", str(exc), manifest=name)
         return False

@@ -1,5 +1,9 @@
 """Everything an engine step needs, wired once by the CLI: settings, stores, backend, prices.
 
+The stores are ports (``runner.core.ports``): ``state`` (SQLite or Postgres), ``results``
+(a DuckDB file or a DuckLake) and ``leadership`` (who of several processes may act); the CLI
+picks them from the settings in ``runner.cli.wiring``. Tests may pass any of them.
+
 Also the state directory's layout, so every module names the same files the same way.
 """
 
@@ -12,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from runner.adapters import sources
-from runner.adapters.state import JobRow, StateStore
+from runner.adapters.results import ResultsDb
 from runner.core.clock import Clock, SystemClock
 from runner.core.failures import RetryPolicy
-from runner.core.ports import Backend
+from runner.core.ports import Backend, Leadership, ResultStore, State
 from runner.core.pricing import PriceTable
+from runner.core.records import JobRow
+from runner.engine.leadership import SoleLeader
 from runner.settings import Settings, retry_policy
 
 log = logging.getLogger("gbatch")
@@ -40,7 +46,7 @@ def fields(
 @dataclass
 class Runtime:
     settings: Settings
-    state: StateStore
+    state: State
     backend: Backend
     prices: PriceTable
     commit: str | None = None
@@ -50,6 +56,16 @@ class Runtime:
     stop: threading.Event | None = None  # set to stop a running query source (daemon stop)
     backoff_until: float = 0.0  # clock.monotonic() before which no create is attempted
     backoff_reason: str = ""  # what the API said when it asked to back off
+    # -- #18: the result store and leadership ports; None / SoleLeader: one process, a file
+    result_store: ResultStore | None = None
+    leadership: Leadership = field(default_factory=SoleLeader)
+
+    @property
+    def results(self) -> ResultStore:
+        """Where answers are ingested (``GBATCH_DB``: a DuckDB file by default)."""
+        if self.result_store is None:
+            self.result_store = ResultsDb(self.settings.db)
+        return self.result_store
 
     @property
     def private(self) -> tuple[Path, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from runner.adapters.metrics import MetricsServer
 from runner.adapters.state import StateStore
@@ -50,9 +51,15 @@ def test_metrics_read_the_state_and_health_reports_failing_checks(tmp_path: Path
         state.transition(second.id, Phase(phase))
     state.update_job(second.id, remote_state="running")
     problems: list[str] = []
-    server = MetricsServer(
-        state_db=state.path, api_errors={"429": 3}, checks=lambda: problems
-    ).start()
+
+    def summary() -> dict[str, list[tuple[Any, ...]]]:  # as the CLI reads it: per scrape
+        reader = StateStore(state.path)
+        try:
+            return reader.summary()
+        finally:
+            reader.close()
+
+    server = MetricsServer(summary=summary, api_errors={"429": 3}, checks=lambda: problems).start()
     try:
         base = f"http://127.0.0.1:{server.port}"
         server.observe_reconcile(0.2)
