@@ -804,7 +804,16 @@ class PgLeadership:
                 self._conn = None
 
     def release(self) -> None:
-        """Give the lead up: the lock goes with the session, and a standby takes it at once."""
+        """Give the lead up, at once: the lock is unlocked before its session closes (a closed
+        session's locks are freed by the server a moment later, not when close returns)."""
+        with self._conn_lock:
+            if self._conn is not None and not self._conn.closed and self._epoch is not None:
+                try:
+                    self._conn.execute(
+                        "select pg_advisory_unlock(%s, %s)", (LOCK_SPACE, LEADER_KEY)
+                    )
+                except psycopg.Error as exc:  # the session is gone: so is its lock
+                    log.debug("unlock on release: %s", exc)
         self._drop()
         if self._beat is not None:
             self._beat.join(timeout=5)
