@@ -64,7 +64,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestRep
             )
         except StoreBusyError as exc:
             report.busy += 1
-            rt.state.update_manifest(job.manifest, last_error=f"ingest waiting: {exc}")
+            integrity.note_busy(rt.state, job.manifest, f"ingest waiting: {exc}")
             rt.state.event("busy", str(exc), manifest=job.manifest, job=job.id)
             continue
         if job.kind == "batch":
@@ -105,8 +105,7 @@ def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestRep
         )
         result_file.unlink(missing_ok=True)
         _delete_input(rt, rt.state.job(job.id))
-        if row is not None and (row.last_error or "").startswith("ingest waiting"):
-            rt.state.update_manifest(job.manifest, last_error=None)
+        integrity.caught_up(rt.state, job.manifest)  # ingest catches the view up
         report.ingested += 1
         log.info(
             "%s: ingested %s (%d succeeded, %d failed)",

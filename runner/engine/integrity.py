@@ -50,6 +50,26 @@ REPAIR_EVENTS = ("rebuilt", "results_corrupt", "table_moved", "results_claimed")
 VERIFY_WAIT_S = 10.0
 
 
+# A manifest's last_error while the results file was busy for it (a reader held it when its
+# version was switched to, or when a job of it was ingested). The next write that shows the
+# manifest's current version (an ingest, the check re-pointing the view) clears it.
+BUSY = "results busy"
+
+
+def note_busy(state: State, manifest: str, what: str) -> None:
+    """Record that ``manifest``'s table could not be written now (retried by the next cycle)."""
+    state.update_manifest(manifest, last_error=f"{BUSY}: {what}")
+
+
+def caught_up(state: State, manifest: str | None) -> None:
+    """``manifest``'s table now shows its current version: clear a busy condition of it."""
+    row = state.manifest(manifest) if manifest else None
+    if row is None or not (row.last_error or "").startswith(BUSY):
+        return
+    shown = Path(row.request_set).stem if row.request_set else row.set_digest
+    state.update_manifest(row.name, last_error=None, set_digest=shown)
+
+
 class UnverifiedOwnerError(StoreBusyError):
     """The results file is held by another process, and this state has never verified that
     it is the file's writer: going on could mean two states paying for the same requests."""
@@ -309,6 +329,7 @@ def _repair(
         report.repointed.append(table)
         message = f"{table}: the view was on an older version; re-pointed at {current.name}"
         state.event("view", message, manifest=known.owners.get(table))
+        caught_up(state, known.owners.get(table))
     if not wrote and seen.owner is None:
         try:
             results.claim(db, owner, wait_s=wait)

@@ -264,7 +264,7 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         set_digest=plan.set_digest if shown else (previous.set_digest if previous else None),
         requests=plan.diff.total,
         status="blocked" if plan.blocked else "ok",
-        last_error=plan.blocked or (None if shown else "results busy: table not yet switched"),
+        last_error=plan.blocked or (None if shown else f"{integrity.BUSY}: view not yet switched"),
         policy=manifest.spec.policy.model_dump_json(),
     )
     _drop_old_sets(rt.sets_dir(plan.name), keep=plan.desired)

@@ -252,11 +252,16 @@ def test_a_hundred_manifests_written_at_once_each_submit_once(
     for i in range(100):
         gbatch.write(f"m{i:03}.yaml", manifest([f"City{i}"], name=f"m{i:03}"))
 
+    # `gbatch query` refuses a results file that does not exist (a typo'd GBATCH_DB); the
+    # daemon's first cycle creates it, and from then on every query must succeed
+    until(gbatch.db.exists, "the daemon's first cycle")
+
     def ingested() -> int:
-        out = gbatch(
+        result = gbatch(
             "query", "select count(*) from gbatch_jobs where phase = 'ingested'", "--format", "csv"
-        ).out
-        return int(out.split()[-1])
+        )
+        assert result.code == 0, result.err
+        return int(result.out.split()[-1])
 
     until(lambda: ingested() == 100, "every manifest's answers", timeout=110)
     assert emulator.count("batches.create") == 100

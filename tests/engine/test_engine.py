@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from runner.core.loader import load_paths
-from runner.engine import cycle, lifecycle, reconcile
+from runner.engine import cycle, integrity, lifecycle, reconcile
 from runner.engine.runtime import Runtime
-from runner.errors import TransientBackendError, UnclearCreateError
+from runner.errors import StoreBusyError, TransientBackendError, UnclearCreateError
 from tests.engine.conftest import rows
 from tests.fakes import FakeBackend
 
@@ -153,3 +155,49 @@ def test_rows_that_render_the_same_request_are_sent_once_and_share_its_answer(
         ("2", "succeeded", "echo: The same question", False),
         ("3", "succeeded", "echo: The same question", False),
     ]
+
+
+def _busy_once(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results file is held by a reader when the next version is switched to."""
+    store = rt.results
+    real = store.show_current
+    calls: list[str] = []
+
+    def held(**kwargs: object) -> None:
+        calls.append(str(kwargs["table"]))
+        if len(calls) == 1:
+            raise StoreBusyError(f"{rt.results_db} is held by another process (PID 1)")
+        real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "show_current", held)
+
+
+def test_a_busy_switch_is_reported_until_an_ingest_catches_the_view_up(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_to_end(rt, manifests(tmp_path, rows=3))
+    _busy_once(rt, monkeypatch)
+    loaded = manifests(tmp_path, rows=4)  # a new version, with one new row to send
+    reconcile.apply_manifest(rt, loaded["nums"])  # type: ignore[arg-type]
+    row = rt.state.manifest("nums")
+    assert row is not None and (row.last_error or "").startswith("results busy")
+    while cycle.tick(rt, loaded).live:  # type: ignore[arg-type]  # follow, no re-apply
+        pass
+    assert rows(rt, "select count(*) from nums") == [(4,)]
+    row = rt.state.manifest("nums")
+    assert row is not None and row.last_error is None  # the ingest showed the new version
+
+
+def test_a_busy_switch_is_reported_until_the_results_check_re_points_the_view(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_to_end(rt, manifests(tmp_path, rows=3))
+    _busy_once(rt, monkeypatch)
+    loaded = manifests(tmp_path, rows=2)  # a new version that only drops a row: no job
+    cycle.tick(rt, loaded, apply=list(loaded))  # type: ignore[arg-type]
+    assert rows(rt, "select count(*) from nums") == [(3,)]  # still the old version
+    report = integrity.ensure(rt, list(loaded.values()))  # type: ignore[arg-type]
+    assert report.repointed == ["nums"]
+    assert rows(rt, "select count(*) from nums") == [(2,)]
+    row = rt.state.manifest("nums")
+    assert row is not None and row.last_error is None
