@@ -21,6 +21,10 @@ Error = duckdb.Error
 Connection = duckdb.DuckDBPyConnection
 
 
+def duckdb_version() -> str:
+    return str(duckdb.__version__)
+
+
 def ident(name: str) -> str:
     """A quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'

@@ -87,7 +87,7 @@ def _private(settings: Settings) -> tuple[Path, ...]:
 
 
 def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
-    loaded, errors = validate(paths, forbidden=_private(settings))
+    loaded, errors = validate(paths, forbidden=_private(settings), state_dir=settings.state_dir)
     loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     if errors:
         raise ManifestErrors(errors)
@@ -95,7 +95,9 @@ def _validated(paths: list[Path], settings: Settings) -> list[LoadedManifest]:
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    loaded, errors = validate(args.paths, forbidden=_private(settings))
+    loaded, errors = validate(
+        args.paths, forbidden=_private(settings), state_dir=settings.state_dir
+    )
     loaded = integrity.refuse_collisions(loaded, errors, state_db=settings.state_db)
     for error in sorted(errors, key=str):
         print(error, file=sys.stderr)
