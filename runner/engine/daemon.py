@@ -214,7 +214,12 @@ class Daemon:
                 self.rt.state.clear_invalid({str(item.path)})
                 continue
             try:
-                problem = check_data(item, forbidden=self.rt.private, cancel=self.stop)
+                problem = check_data(
+                    item,
+                    forbidden=self.rt.private,
+                    cancel=self.stop,
+                    state_dir=self.rt.settings.state_dir,  # a set built before is not rebuilt
+                )
             except QueryStopped:
                 return  # stopping: nothing is wrong with the manifest
             if problem is not None:
