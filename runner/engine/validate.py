@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -49,6 +50,13 @@ def fingerprint(
     mtime and content digest, and the builder's code and DuckDB version: equal fingerprints
     build equal sets. Compute it before building, never after (see ``input_stamps``).
     """
+    stamped = _stamped(loaded, cache_digest=cache_digest, forbidden=forbidden)
+    return stamped[0] if stamped is not None else None
+
+
+def _stamped(
+    loaded: LoadedManifest, *, cache_digest: str, forbidden: Sequence[Path]
+) -> tuple[str, list[sources.Stamp]] | None:
     try:
         stamps = sources.input_stamps(
             loaded.manifest, base_dir=loaded.base_dir, root=loaded.root, forbidden=forbidden
@@ -58,7 +66,18 @@ def fingerprint(
     if stamps is None:
         return None
     parts = [sources.builder_version(), loaded.digest, str(loaded.root), cache_digest, stamps]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest(), stamps
+
+
+def _same_files(stamps: list[sources.Stamp]) -> bool:
+    """Every stamped file still has its size and mtime (a cheap look, no reading)."""
+    try:
+        return all(
+            (info := os.stat(path)).st_size == size and info.st_mtime_ns == mtime
+            for path, size, mtime, _ in stamps
+        )
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -120,8 +139,10 @@ def recorded_sets(state_dir: Path, name: str) -> Path:
     return state_dir / "sets" / name
 
 
-def built_before(state_dir: Path, name: str, fingerprint: str) -> bool:
+def built_before(state_dir: Path | None, name: str, fingerprint: str) -> bool:
     """Whether a set kept in the state was built from exactly these inputs."""
+    if state_dir is None:
+        return False
     directory = recorded_sets(state_dir, name)
     if not directory.is_dir():
         return False
@@ -144,7 +165,7 @@ class Handover:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: dict[str, tuple[tuple[str, ...], str, Path | None]] = {}
+        self._held: dict[str, tuple[tuple[str, ...], str, list[sources.Stamp], Path | None]] = {}
         self._dir: Path | None = None
 
     def directory(self) -> Path:
@@ -159,22 +180,29 @@ class Handover:
         return (str(loaded.path), loaded.digest, cache_digest)
 
     def put(
-        self, loaded: LoadedManifest, cache_digest: str, stamp: str, built: Path | None
+        self,
+        loaded: LoadedManifest,
+        cache_digest: str,
+        stamped: tuple[str, list[sources.Stamp]],
+        built: Path | None,
     ) -> None:
+        stamp, stamps = stamped
         with self._lock:
             old = self._held.pop(loaded.manifest.name, None)
-            self._held[loaded.manifest.name] = (self._key(loaded, cache_digest), stamp, built)
-        if old is not None and old[2] is not None and old[2] != built:
-            old[2].unlink(missing_ok=True)
+            key = self._key(loaded, cache_digest)
+            self._held[loaded.manifest.name] = (key, stamp, stamps, built)
+        if old is not None and old[3] is not None and old[3] != built:
+            old[3].unlink(missing_ok=True)
 
     def take(self, loaded: LoadedManifest, cache_digest: str) -> tuple[str, Path | None] | None:
-        """(fingerprint, set or None) validation left for this manifest, now the caller's."""
+        """(fingerprint, set or None) validation left for this manifest, now the caller's;
+        None when there is none or a file changed size or mtime since it was stamped."""
         with self._lock:
             held = self._held.pop(loaded.manifest.name, None)
         if held is None:
             return None
-        key, stamp, built = held
-        if key != self._key(loaded, cache_digest):
+        key, stamp, stamps, built = held
+        if key != self._key(loaded, cache_digest) or not _same_files(stamps):
             if built is not None:
                 built.unlink(missing_ok=True)
             return None
@@ -207,11 +235,11 @@ def check_data(
                 # only an estimate here: refuse what is clearly small; plan counts for real
                 raise ManifestError(cache.too_small, field="cache")
             cache_digest = cache.digest
-        stamp = fingerprint(loaded, cache_digest=cache_digest, forbidden=forbidden)
-        if stamp is not None and state_dir is not None and built_before(state_dir, name, stamp):
-            handover.put(loaded, cache_digest, stamp, None)
-            return None
-        out = handover.directory() / f"{name}-{stamp or 'sample'}.parquet"
+        stamped = _stamped(loaded, cache_digest=cache_digest, forbidden=forbidden)
+        if stamped is not None and built_before(state_dir, name, stamped[0]):
+            handover.put(loaded, cache_digest, stamped, None)
+            return None  # built before from these inputs: the data is valid
+        out = handover.directory() / f"{name}-{stamped[0] if stamped else 'sample'}.parquet"
         try:
             sources.build_requests(
                 loaded.manifest,
@@ -226,10 +254,10 @@ def check_data(
         except BaseException:
             out.unlink(missing_ok=True)
             raise
-        if stamp is None:  # a sample, or inputs that could not be stamped: not the set
+        if stamped is None:  # a sample, or inputs that could not be stamped: not the set
             out.unlink(missing_ok=True)
         else:
-            handover.put(loaded, cache_digest, stamp, out)
+            handover.put(loaded, cache_digest, stamped, out)
     except ManifestError as error:
         return locate(loaded, error)
     return None

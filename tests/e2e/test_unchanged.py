@@ -160,3 +160,18 @@ def test_the_streamed_set_digest_is_the_one_recorded_states_hold(tmp_path: Path)
     ).fetchone() or ("",)
     con.close()
     assert ledger.set_digest(path) == recorded
+
+
+def test_validation_hands_over_nothing_for_a_file_changed_since(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("id,word\n1,a\n")
+    path = tmp_path / "rows.yaml"
+    path.write_text(MANIFEST)
+    (loaded,) = load_file(path, root=tmp_path)
+    handover = validate.Handover()
+    assert validate.check_data(loaded, handover=handover) is None
+    taken = handover.take(loaded, "")
+    assert taken is not None and taken[1] is not None and taken[1].exists()
+    assert taken[0] == validate.fingerprint(loaded, cache_digest="")
+    assert validate.check_data(loaded, handover=handover) is None
+    (tmp_path / "rows.csv").write_text("id,word\n1,b\n2,c\n")  # changed before the plan
+    assert handover.take(loaded, "") is None  # the plan stamps and builds anew
