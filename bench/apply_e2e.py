@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import _peak  # bench/_peak.py: this folder is on sys.path when run as a script
 import duckdb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,18 +104,14 @@ def emulator(work: Path, code: Path) -> Iterator[str]:
 
 
 def measure(command: list[str], *, env: dict[str, str], log: Path) -> Run:
-    """Run one process; its wall, CPU (self and waited-for children) and peak RSS."""
-    started = time.monotonic()
+    """Run ``python -m runner ...`` (``command``); its wall, CPU and own peak RSS."""
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            command, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT
+        done = _peak.run(
+            command[0], "runner", command[3:], env=env, cwd=log.parent, stdout=out, stderr=out
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(command[2:])} exited {code}:\n{log.read_text()[-3000:]}")
-    return Run(wall=wall, cpu=usage.ru_utime + usage.ru_stime, rss_mb=usage.ru_maxrss / 1024)
+    if done.code != 0:
+        raise SystemExit(f"{' '.join(command[3:])} exited {done.code}:\n{log.read_text()[-3000:]}")
+    return Run(wall=done.wall, cpu=done.cpu, rss_mb=done.rss_mb)
 
 
 def run_steps(rows: int, csv: Path, work: Path, code: Path) -> dict[str, Run]:
@@ -154,19 +151,16 @@ def run_steps(rows: int, csv: Path, work: Path, code: Path) -> dict[str, Run]:
 def floor(csv: Path, code: Path) -> Run:
     """What a no-op cannot avoid: start the CLI, read and hash the input once."""
     started = time.monotonic()
-    proc = subprocess.Popen(
+    version = measure(
         [sys.executable, "-m", "runner", "--version"],
         env={**os.environ, "PYTHONPATH": str(code)},
-        cwd=csv.parent,
-        stdout=subprocess.DEVNULL,
+        log=csv.parent / "floor.log",
     )
-    _, _, usage = os.wait4(proc.pid, 0)
-    cpu = usage.ru_utime + usage.ru_stime
     cpu_started = time.process_time()
     with csv.open("rb") as handle:
         hashlib.file_digest(handle, "sha256")
-    cpu += time.process_time() - cpu_started
-    return Run(wall=time.monotonic() - started, cpu=cpu, rss_mb=usage.ru_maxrss / 1024)
+    cpu = version.cpu + time.process_time() - cpu_started
+    return Run(wall=time.monotonic() - started, cpu=cpu, rss_mb=version.rss_mb)
 
 
 @contextmanager

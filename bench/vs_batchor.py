@@ -11,8 +11,9 @@ gbatch: ``gbatch apply DIR --wait`` each time. batchor: ``batchor start`` then `
 (its CLI, Gemini Developer API backend), each step a new run over the file as it is, which
 is how batchor is re-run on changed data; ``unchanged`` resumes the previous run by its
 ``--run-id`` (batchor's own way to run the same thing again). Figures per step: wall, CPU
-(user + system of the tool's processes, from ``os.wait4``) and peak RSS, and the request
-lines the emulator received. Min / median of ``--repeat`` (3) runs, the tools interleaved.
+(user + system of the tool's processes, from ``os.wait4``) and their own peak RSS (VmHWM, see
+``bench/_peak.py``), and the request lines the emulator received. Min / median of
+``--repeat`` (3) runs, the tools interleaved.
 
 batchor needs Python >= 3.12 and lives in its own venv, ``bench/.venv-batchor`` (gitignored):
 
@@ -39,10 +40,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _peak  # bench/_peak.py: this folder is on sys.path when run as a script
 import duckdb
 
 from runner.emulator import Emulator, EmulatorConfig
@@ -79,17 +80,19 @@ def write_csv(path: Path, rows: int, *, edited: bool) -> None:
 
 
 def run(command: list[str], *, env: dict[str, str], cwd: Path) -> tuple[float, float, float, str]:
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)} exited {code}:\n{out[-2000:]}")
-    wall = time.monotonic() - started
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
+    """``command`` is [python, "-m", module, ...] or [python, script, ...]: (wall, CPU, own
+    peak RSS MB, stdout)."""
+    python, rest = command[0], command[1:]
+    target, args = (rest[1], rest[2:]) if rest[0] == "-m" else (rest[0], rest[1:])
+    with tempfile.TemporaryFile("w+") as out:
+        done = _peak.run(
+            python, target, args, env=env, cwd=cwd, stdout=out, stderr=subprocess.DEVNULL
+        )
+        out.seek(0)
+        text = out.read()
+    if done.code != 0:
+        raise SystemExit(f"{' '.join(command)} exited {done.code}:\n{text[-2000:]}")
+    return done.wall, done.cpu, done.rss_mb, text
 
 
 def lines_received(emulator: Emulator) -> int:
@@ -133,7 +136,9 @@ def batchor_steps(work: Path, rows: int, emulator: Emulator, batchor: Path) -> d
     common = [
         *("--db-path", str(work / "batchor.sqlite")),
     ]
+    python = str(batchor.parent / "python")
     start = [
+        python,
         str(batchor),
         "start",
         *("--input", str(csv), "--id-field", "id"),
@@ -150,7 +155,7 @@ def batchor_steps(work: Path, rows: int, emulator: Emulator, batchor: Path) -> d
         again = ["--run-id", run_id] if step == "unchanged" and run_id else []
         wall, cpu, rss, out = run([*start, *again], env=env, cwd=work)
         run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
-        waited = run([str(batchor), "wait", "--run-id", run_id, *common], env=env, cwd=work)
+        waited = run([python, str(batchor), "wait", "--run-id", run_id, *common], env=env, cwd=work)
         summary = json.loads(waited[3].strip().splitlines()[-1])
         if summary.get("status") != "completed" or summary.get("completed_items") != rows:
             raise SystemExit(f"batchor did not complete every row: {summary}")

@@ -95,21 +95,24 @@ def _quiet(con: Connection) -> Connection:
     return con
 
 
-# Memory caps keep a whole apply --wait under ~400 MB peak RSS from 100k to 1M requests
-# (bench/apply_e2e.py); DuckDB spills to disk beyond them instead of failing. The allocator
-# hands freed memory back at once: otherwise what one step freed stays resident while the
-# next step (another database) allocates its own, and the peaks add up.
+# Memory caps: DuckDB spills to disk beyond them instead of failing. The allocator hands
+# freed memory back at once: otherwise what one step freed stays resident while the next step
+# (another database) allocates its own, and the peaks add up (bench/apply_e2e.py).
 _ALLOCATOR: dict[str, str | bool | int | float | list[str]] = {
     "allocator_flush_threshold": "16MB",
     "allocator_bulk_deallocation_flush_threshold": "16MB",
 }
 _CONFIG: dict[str, str | bool | int | float | list[str]] = {
-    "memory_limit": "250MB",
+    # what a build of 1M wide rows needs (bench/build_requests.py; 250 MB ran out): the caps
+    # are a floor against running out, the steps themselves keep their working sets small
+    "memory_limit": "600MB",
     "preserve_insertion_order": True,
     **_ALLOCATOR,
 }
 _FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {
-    "memory_limit": "200MB",  # an ingest holds a job's rows (50k) until they are written
+    # an ingest holds a job's parsed rows until they are written: 200 MB ran out at 200k
+    # lines in one file (bench/ingest.py), 300 MB holds 1M
+    "memory_limit": "300MB",
     **_ALLOCATOR,
 }
 _shared_db: list[Connection] = []
