@@ -17,14 +17,15 @@ is how batchor is re-run on changed data; ``unchanged`` resumes the previous run
 
 batchor needs Python >= 3.12 and lives in its own venv, ``bench/.venv-batchor`` (gitignored):
 
-    /root/.pyenv/versions/3.12.1/bin/python -m venv bench/.venv-batchor   # any Python >= 3.12
-    bench/.venv-batchor/bin/pip install "batchor[gemini]"
-    bench/.venv-batchor/bin/pip uninstall -y tiktoken
+    .venv/bin/python bench/vs_batchor.py --setup     # finds a Python >= 3.12 (PATH, ~/.pyenv),
+                                                     # installs batchor[gemini], drops tiktoken
 
-tiktoken is uninstalled on purpose: batchor estimates tokens per row with it, and tiktoken
-downloads its encoding from the internet on first use, which this machine (no network)
-cannot; without it batchor falls back to its own character estimate. Without such a venv
-(``--batchor PATH`` names another batchor executable) this benchmark says so and exits 0.
+tiktoken is uninstalled on purpose: batchor counts each row's tokens with it
+(``batchor.runtime.tokens``), and tiktoken tries to download its encoding on every call until
+one succeeds; without network every row waits on that failure. Without tiktoken batchor uses
+its own fallback, characters / 4, as gbatch does when it does not call countTokens.
+Without such a venv (``--batchor PATH`` names another batchor executable) this benchmark
+says so and exits 0.
 
 Run from the repository root::
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -164,6 +166,32 @@ def batchor_steps(work: Path, rows: int, emulator: Emulator, batchor: Path) -> d
     return steps
 
 
+def python_312() -> str | None:
+    """A Python >= 3.12 on this machine (batchor needs one), or None."""
+    candidates = [sys.executable, *(shutil.which(f"python3.{minor}") for minor in (12, 13, 14))]
+    candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.1[2-9]*/bin/python"))
+    for candidate in candidates:
+        if not candidate:
+            continue
+        probe = [candidate, "-c", "import sys; print(sys.version_info >= (3, 12))"]
+        done = subprocess.run(probe, capture_output=True, text=True, check=False)
+        if done.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def setup(venv: Path) -> None:
+    """Make batchor's venv: batchor[gemini] from PyPI, tiktoken removed (see the docstring)."""
+    python = python_312()
+    if python is None:
+        raise SystemExit("no Python >= 3.12 found (PATH, ~/.pyenv): batchor cannot be installed")
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "batchor[gemini]"], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-y", "tiktoken"])
+    print(f"batchor installed in {venv} with {python}; tiktoken uninstalled")
+
+
 def mm(values: list[float], fmt: str) -> str:
     return f"{format(min(values), fmt)} / {format(statistics.median(values), fmt)}"
 
@@ -173,11 +201,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batchor", type=Path, default=BATCHOR, help="the batchor executable")
+    parser.add_argument("--setup", action="store_true", help="make batchor's venv first")
     args = parser.parse_args()
+    if args.setup and not args.batchor.exists():
+        setup(args.batchor.parent.parent)
     if not args.batchor.exists():
+        found = python_312()
+        how = f"run with --setup (it will use {found})" if found else "none is installed here"
         print(
-            f"SKIPPED: no batchor at {args.batchor}. batchor needs Python >= 3.12; make its "
-            "venv as this script's docstring says (none is needed for the test suite)."
+            f"SKIPPED: no batchor at {args.batchor}. batchor needs Python >= 3.12: {how}. "
+            "Nothing else needs it; the test suite never does."
         )
         return
     tiktoken = subprocess.run(
