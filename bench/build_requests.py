@@ -5,11 +5,11 @@ Measures, in the same run and on the same generated source (CSV and/or Parquet):
 * ``ours``  - ``runner.adapters.sources.build_requests`` (read the source, render the
   template in SQL, key, hash, sort, write the Parquet set) followed by
   ``runner.adapters.sources.write_jsonl`` (the ``{"key", "request"}`` JSONL we upload);
-* ``floor`` - one DuckDB ``COPY (select id as key, {'contents': [...]} as request from
-  read_csv/read_parquet(...)) TO 'x.jsonl' (FORMAT json)``: the least work that produces
-  an upload file;
+* ``floor`` - the same work done as plainly as DuckDB can: render each row into its request,
+  sha256 it, write the Parquet set with the source columns, then the JSONL from the set
+  (two COPY statements; until gbatch#15 the floor wrote the JSONL only, without hashing);
 * ``naive`` - Python: ``csv.DictReader`` (CSV) or DuckDB ``fetchmany`` batches (Parquet),
-  ``json.dumps`` per row, one line written per row. It runs on a sample of
+  ``json.dumps`` and ``sha256`` per row, one line written per row. It runs on a sample of
   ``min(rows, 200000)`` rows and its time is scaled linearly to the full row count (its
   peak RSS is the sample's).
 
@@ -19,8 +19,9 @@ is a YAML file loaded with ``runner.core.loader`` (template "Summarise {{ title 
 {{ body }}", key id).
 
 Every measurement runs in its own fresh interpreter (this script with ``--measure``), so the
-peak RSS (VmHWM) is per measurement. Targets: ours/floor <= 2.0 (seconds) and
-naive/ours >= 5. The script prints PASS/MISS per target and always exits 0.
+peak RSS (VmHWM) is per measurement; methods run interleaved ``--repeat`` (3) times, and
+min / median are shown. Targets: ours/floor <= 2.0 (seconds) and naive/ours >= 5. The
+script prints PASS/MISS per target and always exits 0.
 
 Run from the repository root::
 
@@ -32,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import importlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,20 +139,33 @@ def _reader(source: Path) -> str:
 
 
 def measure_floor(source: Path, work: Path, rows: int) -> dict[str, Any]:
+    """The same work as ours, as plainly as DuckDB does it: render every row into its request,
+    sha256 it, write the set (Parquet, with the source columns) and the upload JSONL. What it
+    leaves out is what gbatch adds on top: key checks (null, duplicate, located), counts."""
     import duckdb
 
-    out = work / "floor.jsonl"
+    set_path, out = work / "floor.parquet", work / "floor.jsonl"
     started = time.perf_counter()
-    con = duckdb.connect()
+    con = duckdb.connect(config={"preserve_insertion_order": False})
     con.execute(
         f"""
         copy (
-            select id as key,
-                   {{'contents': [{{'role': 'user',
-                                    'parts': [{{'text': 'Summarise ' || title || ': ' || body}}]
-                                   }}]}} as request
-            from {_reader(source)}
-        ) to '{out}' (format json)
+            select id::varchar as key, sha256('salt' || request) as request_hash, request,
+                   strlen(request) as request_bytes, id, title, body, category
+            from (
+                select *, '{{"contents":[{{"role":"user","parts":[{{"text":'
+                    || to_json('Summarise ' || title || ': ' || body)::varchar || '}}]}}]}}'
+                    as request
+                from {_reader(source)}
+            )
+        ) to '{set_path}' (format parquet)
+        """
+    )
+    con.execute(
+        f"""
+        copy (select '{{"key":' || to_json(key) || ',"request":' || request || '}}'
+              from read_parquet('{set_path}'))
+        to '{out}' (format csv, header false, quote '', escape '', delimiter '\x1f')
         """
     )
     con.close()
@@ -208,12 +224,15 @@ def measure_naive(source: Path, work: Path, rows: int) -> dict[str, Any]:
     out = work / "naive.jsonl"
     reader = _rows_csv if source.suffix == ".csv" else _rows_parquet
     started = time.perf_counter()
+    hashes = []
     with out.open("w", encoding="utf-8") as handle:
         for key, title, body in reader(source, sample):
             request = {
                 "contents": [{"role": "user", "parts": [{"text": f"Summarise {title}: {body}"}]}]
             }
-            handle.write(json.dumps({"key": str(key), "request": request}) + "\n")
+            text = json.dumps(request)
+            hashes.append(hashlib.sha256(text.encode()).hexdigest())
+            handle.write(f'{{"key": {json.dumps(str(key))}, "request": {text}}}\n')
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds * rows / sample,
@@ -281,21 +300,23 @@ def run_child(name: str, source: Path, rows: int) -> Result:
 # ----------------------------------------------------------------------------- report
 
 
-def report(kind: str, rows: int, source_mb: float, results: dict[str, Result]) -> None:
-    floor = results["floor"].seconds
-    print(f"\n== {kind}: {rows:,} rows ({source_mb:.0f} MB source) ==")
-    header = f"{'method':<7} {'rows':>10} {'seconds':>9} {'rows/s':>11} {'peak RSS MB':>12}"
-    header += f" {'(start MB)':>10} {'out MB':>7} {'vs floor':>9}  note"
+def report(kind: str, rows: int, source_mb: float, runs: dict[str, list[Result]]) -> None:
+    """min / median seconds per method; ratios from the medians of this run."""
+    median = {name: statistics.median(r.seconds for r in runs[name]) for name in METHODS}
+    print(f"\n== {kind}: {rows:,} rows ({source_mb:.0f} MB source), {len(runs['ours'])} runs ==")
+    header = f"{'method':<7} {'rows':>10} {'seconds min / med':>18} {'rows/s':>11}"
+    header += f" {'peak RSS MB':>12} {'(start MB)':>10} {'out MB':>7} {'vs floor':>9}  note"
     print(header)
     for name in METHODS:
-        r = results[name]
+        first = runs[name][0]
+        low = min(r.seconds for r in runs[name])
         print(
-            f"{r.method:<7} {r.rows:>10,} {r.seconds:>9.2f} {rows / r.seconds:>11,.0f} "
-            f"{r.peak_mb:>12.0f} {r.start_mb:>10.0f} {r.out_mb:>7.0f} "
-            f"{r.seconds / floor:>8.2f}x  {r.note}"
+            f"{name:<7} {first.rows:>10,} {f'{low:.2f} / {median[name]:.2f}':>18} "
+            f"{rows / median[name]:>11,.0f} {max(r.peak_mb for r in runs[name]):>12.0f} "
+            f"{first.start_mb:>10.0f} {first.out_mb:>7.0f} "
+            f"{median[name] / median['floor']:>8.2f}x  {first.note}"
         )
-    ours, naive = results["ours"].seconds, results["naive"].seconds
-    ratio_floor, ratio_naive = ours / floor, naive / ours
+    ratio_floor, ratio_naive = median["ours"] / median["floor"], median["naive"] / median["ours"]
     verdict = "PASS" if ratio_floor <= 2.0 else "MISS"
     print(f"ours/floor = {ratio_floor:.2f} (target <= 2.0) {verdict}")
     verdict = "PASS" if ratio_naive >= 5 else "MISS"
@@ -306,7 +327,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--format", choices=[*FORMATS, "both"], default="both")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per method; best time kept")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per method")
     parser.add_argument("--measure", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,18 +342,11 @@ def main() -> None:
         sources = generate(directory, args.rows, formats)
         print(f"generated {args.rows:,} source rows in {time.perf_counter() - started:.1f}s")
         for kind, source in sources.items():
-            best: dict[str, Result] = {}
-            for _ in range(max(args.repeat, 1)):
+            runs: dict[str, list[Result]] = {name: [] for name in METHODS}
+            for _ in range(max(args.repeat, 1)):  # interleaved: floor, ours, naive, floor, ...
                 for name in METHODS:
-                    result = run_child(name, source, args.rows)
-                    previous = best.get(name)
-                    if previous is None or result.seconds < previous.seconds:
-                        if previous is not None:
-                            result.peak_mb = max(result.peak_mb, previous.peak_mb)
-                        best[name] = result
-                    else:
-                        previous.peak_mb = max(previous.peak_mb, result.peak_mb)
-            report(kind, args.rows, _mb(source), best)
+                    runs[name].append(run_child(name, source, args.rows))
+            report(kind, args.rows, _mb(source), runs)
 
 
 if __name__ == "__main__":

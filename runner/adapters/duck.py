@@ -7,6 +7,8 @@ unless the caller maps it. Used by sources, results and ledger.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import threading
 import time
@@ -19,6 +21,10 @@ from runner.errors import StoreBusyError, StoreError
 
 Error = duckdb.Error
 Connection = duckdb.DuckDBPyConnection
+
+
+def duckdb_version() -> str:
+    return str(duckdb.__version__)
 
 
 def ident(name: str) -> str:
@@ -36,18 +42,42 @@ def path_list(paths: Sequence[Path]) -> str:
 
 
 def memory(*, temp_dir: Path | None = None, ordered: bool = True) -> Connection:
-    """A private in-memory database; spills to ``temp_dir`` instead of running out.
+    """A private in-memory database; spills to ``temp_dir`` (else this process's spill
+    directory) instead of running out.
 
     Private, so it may be locked down (user SQL) or hold a set of any size. ``ordered=False``
     lets DuckDB write query results out of row order, on every core: for work whose output
     order carries no meaning (a request set, an upload file), it is ~1.5x faster.
     """
-    config = dict(_CONFIG)
+    config = _config()
     config["preserve_insertion_order"] = ordered
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
     return _quiet(duckdb.connect(":memory:", config=config))
+
+
+def spill_dir() -> Path:
+    """This process's directory for what in-memory databases spill, removed at exit.
+
+    One per process: DuckDB names its spill files alike in every process
+    (``duckdb_temp_storage_S160K-0.tmp``), so two processes spilling into one directory
+    read each other's blocks (an IO error, or worse).
+    """
+    with _spill_lock:
+        if not _spill:
+            path = Path(tempfile.mkdtemp(prefix="gbatch-duckdb-spill-"))
+            atexit.register(shutil.rmtree, path, ignore_errors=True)
+            _spill.append(path)
+        return _spill[0]
+
+
+_spill: list[Path] = []
+_spill_lock = threading.Lock()
+
+
+def _config() -> dict[str, str | bool | int | float | list[str]]:
+    return {**_CONFIG, "temp_directory": str(spill_dir())}
 
 
 def shared_memory() -> Connection:
@@ -65,14 +95,26 @@ def _quiet(con: Connection) -> Connection:
     return con
 
 
-# Memory caps keep a whole apply of 100k requests under ~450 MB RSS (bench/apply_e2e.py);
-# DuckDB spills to disk beyond them instead of failing.
+# Memory caps: DuckDB spills to disk beyond them instead of failing. The allocator hands
+# freed memory back at once: otherwise what one step freed stays resident while the next step
+# (another database) allocates its own, and the peaks add up (bench/apply_e2e.py).
+_ALLOCATOR: dict[str, str | bool | int | float | list[str]] = {
+    "allocator_flush_threshold": "16MB",
+    "allocator_bulk_deallocation_flush_threshold": "16MB",
+}
 _CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    # what a build of 1M wide rows needs (bench/build_requests.py; 250 MB ran out): the caps
+    # are a floor against running out, the steps themselves keep their working sets small
     "memory_limit": "600MB",
     "preserve_insertion_order": True,
-    "temp_directory": str(Path(tempfile.gettempdir()) / "gbatch-duckdb-spill"),
+    **_ALLOCATOR,
 }
-_FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {"memory_limit": "300MB"}
+_FILE_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    # an ingest holds a job's parsed rows until they are written: 200 MB ran out at 200k
+    # lines in one file (bench/ingest.py), 300 MB holds 1M
+    "memory_limit": "300MB",
+    **_ALLOCATOR,
+}
 _shared_db: list[Connection] = []
 _shared_lock = threading.Lock()
 
@@ -80,7 +122,7 @@ _shared_lock = threading.Lock()
 def _shared() -> Connection:
     with _shared_lock:
         if not _shared_db:
-            _shared_db.append(duckdb.connect(":memory:", config=_CONFIG))
+            _shared_db.append(duckdb.connect(":memory:", config=_config()))
         return _shared_db[0]
 
 

@@ -13,12 +13,16 @@ Called by the engine's reconcile (diff, chunk) and follow (record_outcome) steps
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.adapters.duck import Connection, literal, path_list, shared_memory
+from runner.adapters.duck import Connection, literal, memory, path_list, shared_memory
 from runner.core import failures, verdicts
 from runner.core.atomic import replacing
 
@@ -88,66 +92,74 @@ def diff(
     """
     con = shared_memory()
     ledger_files = sorted(ledger_dir.glob("*.parquet")) if ledger_dir.is_dir() else []
-    con.execute(
-        "create temp table l as "
-        + (
-            "select key, request_hash, status, retryable "
-            f"from read_parquet({path_list(ledger_files)})"
-            if ledger_files
-            else "select ''::varchar as key, ''::varchar request_hash, ''::varchar status, "
-            "false retryable where false"
-        )
+    ledger_rows = (
+        f"select key, request_hash, status, retryable from read_parquet({path_list(ledger_files)})"
+        if ledger_files
+        else "select ''::varchar as key, ''::varchar request_hash, ''::varchar status, "
+        "false retryable where false"
     )
     flight = [p for p in in_flight if p.exists()]
-    con.execute(
-        "create temp table f as "
-        + (
-            f"select distinct key, request_hash from read_parquet({path_list(flight)})"
-            if flight
-            else "select ''::varchar as key, ''::varchar request_hash where false"
-        )
-    )
-    stored = [p for p in answers or [] if p.exists()]
-    con.execute(
-        "create temp table a as "
-        + (
-            f"select distinct request_hash from read_parquet({path_list(stored)})"
-            if stored
-            else "select ''::varchar request_hash where false"
-        )
-    )
-    other = [p for p in elsewhere or [] if p.exists()]
-    con.execute(
-        "create temp table w as "
-        + (
-            f"select distinct request_hash from read_parquet({path_list(other)})"
-            if other
-            else "select ''::varchar request_hash where false"
-        )
+    flight_rows = (
+        f"select distinct key, request_hash from read_parquet({path_list(flight)})"
+        if flight
+        else "select ''::varchar as key, ''::varchar request_hash where false"
     )
     prev_select = (
         f"select key from read_parquet({literal(str(previous))})"
         if previous is not None and previous.exists()
         else "select ''::varchar as key where false"
     )
+    # In stages, each holding little: the facts of every desired row against this manifest's
+    # own ledger and flights (the hash kept only for rows not answered: the rest are counted,
+    # never sent), then the answer store and the other jobs, read only for the hashes of rows
+    # still open. One statement over materialised ledger, answer store and set held ~800 MB
+    # at 1M rows (bench/apply_e2e.py); the answer store also grows with every manifest.
     con.execute(
         f"""
         create temp table d as
-        with answered as (select distinct key, request_hash from l where status = 'succeeded'),
-        failures as (
-            select key, request_hash, count(*) n, bool_and(retryable) retryable
-            from l where status = 'failed' group by key, request_hash
-        ),
-        known as (select distinct key from l union select key from ({prev_select}))
-        select d.key, d.request_hash, d.request_bytes, length(d.request) request_chars,
-            {_verdict_case(retries)} as verdict
+        select d.key, case when a.key is null then d.request_hash end as request_hash,
+            d.request_bytes, length(d.request) request_chars,
+            a.key is not null as answered, f.key is not null as in_flight,
+            x.n as failures, coalesce(x.retryable, true) as retryable,
+            false as known_key, false as stored, false as elsewhere, null::varchar as verdict
         from read_parquet({literal(str(desired))}) d
-        left join answered a using (key, request_hash)
-        left join f using (key, request_hash)
-        left join failures x using (key, request_hash)
-        left join known k using (key)
+        left join (
+            select distinct key, request_hash from ({ledger_rows}) where status = 'succeeded'
+        ) a using (key, request_hash)
+        left join ({flight_rows}) f using (key, request_hash)
+        left join (
+            select key, request_hash, count(*) n, bool_and(retryable) retryable
+            from ({ledger_rows}) where status = 'failed' group by key, request_hash
+        ) x using (key, request_hash)
         """
     )
+    open_rows = "not answered and not in_flight"
+    con.execute(
+        f"""
+        update d set known_key = true
+        from (
+            select distinct key from (
+                select key from ({ledger_rows}) union all select key from ({prev_select})
+            ) where key in (select key from d where {open_rows})
+        ) k
+        where d.key = k.key
+        """
+    )
+    for column, files in (("stored", answers), ("elsewhere", elsewhere)):
+        present = [p for p in files or [] if p.exists()]
+        if not present:
+            continue
+        con.execute(
+            f"""
+            update d set {column} = true
+            from (
+                select distinct request_hash from read_parquet({path_list(present)})
+                where request_hash in (select request_hash from d where {open_rows})
+            ) h
+            where d.request_hash = h.request_hash and {open_rows}
+            """
+        )
+    con.execute(f"update d set verdict = {_verdict_case(retries)}")
     submit = f"verdict in ({', '.join(literal(v) for v in verdicts.SUBMIT)})"
     if answers is not None:  # one request for rows that would send the same one
         con.execute(
@@ -198,16 +210,15 @@ def diff(
     )
 
 
-# Each rule of runner.core.verdicts as SQL over the diff's joins: a (answered), f (in flight),
-# x (failures), k (known keys), and the hash sets a / w (answer store, elsewhere).
+# Each rule of runner.core.verdicts as SQL over the facts of a row in ``diff``'s table d.
 _SQL_RULES = {
-    "unchanged": "a.key is not null",
-    "in_flight": "f.key is not null",
-    "reused": "d.request_hash in (select request_hash from a)",
-    "waiting": "d.request_hash in (select request_hash from w)",
-    "exhausted": "x.key is not null and (not x.retryable or x.n > {retries})",
-    "retry": "x.key is not null",
-    "changed": "k.key is not null",
+    "unchanged": "answered",
+    "in_flight": "in_flight",
+    "reused": "stored",
+    "waiting": "elsewhere",
+    "exhausted": "failures is not null and (not retryable or failures > {retries})",
+    "retry": "failures is not null",
+    "changed": "known_key",
     "new": "true",
 }
 
@@ -229,51 +240,119 @@ def chunk(
 
     Each file holds the desired rows (request JSON and source columns), so a job can be
     written, resubmitted and ingested from it alone; its name is the digest of its
-    (key, hash) pairs, so the same split is the same file.
+    (key, hash) pairs, so the same split is the same file. Rows in a file are in no
+    particular order (keys name them).
     """
-    con = shared_memory()
-    con.execute(
-        f"""
-        create temp table s as
-        select key, greatest(
-                (row_number() over w - 1) // {int(max_requests)},
-                (sum(request_bytes + length(key) + 20) over w - 1) // {int(max_bytes)}
-            ) as chunk
-        from read_parquet({literal(str(to_submit))})
-        window w as (order by key rows between unbounded preceding and current row)
-        """
-    )
-    groups = con.execute(
-        "select chunk, sha256(string_agg(key || chr(9) || request_hash, chr(10) order by key)), "
-        "count(*), sum(request_bytes) from s join read_parquet("
-        + literal(str(to_submit))
-        + ") using (key) group by chunk order by chunk"
-    ).fetchall()
-    chunks = []
-    for number, digest, requests, size in groups:
-        path = out_dir / f"{digest}.parquet"
-        if not path.exists():
-            _atomic_copy(
-                con,
-                f"select * from read_parquet({literal(str(desired))}) "
-                f"where key in (select key from s where chunk = {int(number)})",
-                path,
+    con = memory(ordered=False)
+    try:
+        con.execute(
+            f"""
+            create temp table s as
+            select key, greatest(
+                    (row_number() over w - 1) // {int(max_requests)},
+                    (sum(request_bytes + length(key) + 20) over w - 1) // {int(max_bytes)}
+                ) as chunk
+            from read_parquet({literal(str(to_submit))})
+            window w as (order by key rows between unbounded preceding and current row)
+            """
+        )
+        groups = con.execute(
+            "select chunk, sha256(string_agg(key || chr(9) || request_hash, chr(10) "
+            "order by key)), count(*), sum(request_bytes) from s join read_parquet("
+            + literal(str(to_submit))
+            + ") using (key) group by chunk order by chunk"
+        ).fetchall()
+        chunks = {
+            int(number): Chunk(
+                path=out_dir / f"{digest}.parquet",
+                digest=str(digest),
+                requests=int(requests),
+                bytes=int(size),
             )
-        chunks.append(Chunk(path=path, digest=str(digest), requests=int(requests), bytes=int(size)))
-    con.close()
-    return chunks
+            for number, digest, requests, size in groups
+        }
+        missing = {n: c.path for n, c in chunks.items() if not c.path.exists()}
+        if missing:
+            _write_chunks(con, desired, missing)
+    finally:
+        con.close()
+    return list(chunks.values())
+
+
+def _write_chunks(con: Connection, desired: Path, paths: dict[int, Path]) -> None:
+    """The desired rows of each chunk (temp table ``s``: key, chunk) to its file in ``paths``,
+    in one pass over the set.
+
+    One ``COPY ... PARTITION_BY`` reads the set once for all chunks (a pass per chunk read a
+    1M-row set 20 times: ~6 s of CPU); small row groups bound what each open file buffers.
+    Written under a scratch directory beside the files, then each renamed into place whole.
+    """
+    out_dir = next(iter(paths.values())).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="chunks-", dir=out_dir))
+    try:
+        wanted = ", ".join(str(n) for n in paths)
+        # one thread and early flushes: the partitioned writer buffers per thread and per
+        # open file beyond the memory limit (2 threads ran out at 250 MB, 1M rows)
+        con.execute("set threads = 1")
+        con.execute("set partitioned_write_flush_threshold = 2000")
+        con.execute(
+            f"""
+            copy (
+                select d.*, s.chunk as __chunk
+                from read_parquet({literal(str(desired))}) d join s using (key)
+                where s.chunk in ({wanted})
+            ) to {literal(str(scratch))}
+            (format parquet, partition_by (__chunk), row_group_size 10000,
+             row_group_size_bytes '4MB')
+            """
+        )
+        for number, path in paths.items():
+            (written,) = (scratch / f"__chunk={number}").glob("*.parquet")
+            os.replace(written, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def set_digest(path: Path) -> str:
-    """A digest of a request set's (key, hash) pairs: equal sets, equal digests."""
+    """A digest of a request set's (key, hash) pairs: equal sets, equal digests.
+
+    sha256 of the lines ``key<TAB>hash`` in key order, joined by newlines. The pairs are
+    sorted by DuckDB (which spills) and hashed as they stream out: one string of every pair
+    (``string_agg``) held ~600 MB at 1M requests (bench/apply_e2e.py).
+    """
     con = shared_memory()
-    row = con.execute(
-        "select sha256(coalesce(string_agg(key || chr(9) || request_hash, chr(10) order by key),"
-        f" '')) from read_parquet({literal(str(path))})"
-    ).fetchone()
-    con.close()
-    assert row is not None
-    return str(row[0])
+    try:
+        cursor = con.execute(
+            f"select key || chr(9) || request_hash from read_parquet({literal(str(path))}) "
+            "order by key"
+        )
+        digest, separator = hashlib.sha256(), ""
+        while batch := cursor.fetchmany(DIGEST_BATCH):
+            digest.update((separator + "\n".join(str(line) for (line,) in batch)).encode())
+            separator = "\n"
+    finally:
+        con.close()
+    return digest.hexdigest()
+
+
+DIGEST_BATCH = 50_000
+
+
+def ledger_digest(ledger_dir: Path) -> str:
+    """A digest of a manifest's ledger files: their names, sizes and contents.
+
+    A file lost, added or rewritten (even at the same size) gives another digest; the files
+    are small (key, hash and outcome per row: ~3.5 MB per 50k rows), so reading them costs
+    ~40 ms at 1M rows.
+    """
+    digest = hashlib.sha256()
+    files = sorted(ledger_dir.glob("*.parquet")) if ledger_dir.is_dir() else []
+    for path in files:
+        with path.open("rb") as handle:
+            content = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest.update(f"{path.name}\t{path.stat().st_size}\t{content}\n".encode())
+    return digest.hexdigest()
 
 
 # A result line's error code (gRPC or HTTP) and status string, as SQL over its ``error`` JSON.

@@ -636,12 +636,15 @@ def ingest(
         _ensure_table(con, history, "parsed", zstd=ZSTD_COLUMNS)
         _ensure_pointer(con, table)
         _insert_history(con, history, job)
-        current_filter = (
-            f"semi join read_parquet({literal(str(current))}) c using (key, request_hash)"
+        # the job's rows of the current version; probing the set with the job's rows keeps
+        # the hash table at the job's size, not the set's (1M rows: ~100 MB)
+        fresh = (
+            f"select c.key from read_parquet({literal(str(current))}) c "
+            f"semi join {this_job} p using (key, request_hash)"
             if current is not None
-            else "where p.request_hash is not null"
+            else f"select p.key from {this_job} p where p.request_hash is not null"
         )
-        con.execute(f"create temp table fresh as select p.key from {this_job} p {current_filter}")
+        con.execute(f"create temp table fresh as {fresh}")
         con.execute(f"delete from {_pointer(table)} where key in (select key from fresh)")
         con.execute(f"insert into {_pointer(table)} select key, {literal(job)} from fresh")
         if current is not None and _shown(con, table) != current.name:

@@ -11,7 +11,10 @@ link, none of gbatch's own files: ``private_paths``). Called by validate, reconc
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -22,11 +25,13 @@ from runner.adapters import media, query_source
 from runner.adapters.duck import (
     Connection,
     Error,
+    duckdb_version,
     ident,
     literal,
     memory,
     path_list,
 )
+from runner.core import requests as core_requests
 from runner.core import schema_types, template
 from runner.core.atomic import replacing
 from runner.core.manifest import RESERVED_COLUMNS, Manifest
@@ -99,10 +104,12 @@ def private_paths(
     return tuple(p.resolve() for p in paths)
 
 
-def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path] | None:
+def input_files(
+    manifest: Manifest, *, base_dir: Path, root: Path, forbidden: Sequence[Path] = ()
+) -> list[Path] | None:
     """The files a manifest's requests are built from (source and cache); None when unknowable.
 
-    The daemon fingerprints these (with the manifest's digest) to skip unchanged manifests.
+    ``input_stamps`` fingerprints these (with the manifest's digest) to skip unchanged ones.
     """
     source = manifest.spec.source
     if source.query is not None or (manifest.spec.prompt and manifest.spec.prompt.media):
@@ -110,10 +117,47 @@ def input_files(manifest: Manifest, *, base_dir: Path, root: Path) -> list[Path]
     files = []
     if source.rows is None:
         field = "path" if source.path is not None else "requests"
-        files = _files(manifest, field=field, base_dir=base_dir, root=root)
+        files = _files(manifest, field=field, base_dir=base_dir, root=root, forbidden=forbidden)
     if manifest.spec.cache is not None:
-        files += [root / name for name, _ in cache_files(manifest, base_dir=base_dir, root=root)]
+        named = cache_files(manifest, base_dir=base_dir, root=root, forbidden=forbidden)
+        files += [root / name for name, _ in named]
     return files
+
+
+Stamp = tuple[str, int, int, str]  # path, size, mtime (ns), sha256 of the content
+
+
+def input_stamps(
+    manifest: Manifest, *, base_dir: Path, root: Path, forbidden: Sequence[Path] = ()
+) -> list[Stamp] | None:
+    """Each input file's path, size, mtime and content digest; None when unknowable.
+
+    The content digest is what makes the stamp safe: a file rewritten with the same size and
+    mtime (``touch -r``, a coarse-mtime filesystem, a fast rewrite) still stamps anew. Take
+    stamps before building from the files: a file that changes during the build then stamps
+    differently next time, so the change is never mistaken for the set already built.
+    Raises ManifestError (a path refused) or OSError (a file unreadable).
+    """
+    files = input_files(manifest, base_dir=base_dir, root=root, forbidden=forbidden)
+    if files is None:
+        return None
+    stamps = []
+    for path in files:
+        info = path.stat()
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        stamps.append((str(path), info.st_size, info.st_mtime_ns, digest))
+    return stamps
+
+
+@functools.cache
+def builder_version() -> str:
+    """What a set depends on besides its inputs: the code that renders requests and the
+    DuckDB that runs it. A set recorded by other code is built again, never assumed equal."""
+    digest = hashlib.sha256(duckdb_version().encode())
+    for module in (sys.modules[__name__], media, core_requests, template, schema_types):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()
 
 
 def cache_files(

@@ -272,7 +272,9 @@ def checked(
 ) -> tuple[list[LoadedManifest], list[ManifestError]]:
     """Every manifest under ``paths`` that is valid, and every problem: its data (away from
     gbatch's own files) and its table name against every table the state knows."""
-    loaded, errors = validate(paths, forbidden=private(settings), backend=settings.backend)
+    loaded, errors = validate(
+        paths, forbidden=private(settings), backend=settings.backend, state_dir=settings.state_dir
+    )
     loaded = integrity.refuse_collisions(loaded, errors, owners=table_owners(settings))
     return loaded, errors
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.adapters import sources
 from runner.adapters.gitrepo import GitCheckout
 from runner.adapters.query_source import QueryStopped
 from runner.adapters.watcher import ManifestWatcher
@@ -26,6 +25,7 @@ from runner.engine.pruning import MASS_DELETE_FRACTION, mass_deletion
 from runner.engine.runtime import Runtime, log
 from runner.engine.selection import Selector
 from runner.engine.validate import check_data
+from runner.engine.validate import fingerprint as fingerprint_of
 from runner.errors import GbatchError, LockedError, ManifestError, NotLeaderError
 
 EXIT_OK, EXIT_DEAD = 0, 1
@@ -62,7 +62,7 @@ class Daemon:
     known: dict[str, LoadedManifest] = field(default_factory=dict)
     _events: queue.Queue[Path] = field(default_factory=queue.Queue)
     _missing: dict[str, _Missing] = field(default_factory=dict)
-    _applied: dict[str, Fingerprint | None] = field(default_factory=dict)
+    _applied: dict[str, str | None] = field(default_factory=dict)  # inputs' fingerprints
     _waiting: set[str] = field(default_factory=set)  # on another manifest's identical request
     observe_reconcile: Callable[[float], None] = lambda seconds: None  # for metrics
     _beat: float | None = None
@@ -225,7 +225,7 @@ class Daemon:
             if not forced and not touches_data and changed is not None and item.path not in changed:
                 self.known.setdefault(name, item)
                 continue
-            fingerprint = _fingerprint(item)
+            fingerprint = fingerprint_of(item, cache_digest="", forbidden=self.rt.private)
             if not forced and self._unchanged(name, fingerprint):
                 self.known[name] = item
                 self.rt.state.clear_invalid({str(item.path)})
@@ -236,6 +236,7 @@ class Daemon:
                     forbidden=self.rt.private,
                     cancel=self.stop,
                     backend=self.rt.settings.backend,
+                    state_dir=self.rt.settings.state_dir,  # a set built before is not rebuilt
                 )
             except QueryStopped:
                 return  # stopping: nothing is wrong with the manifest
@@ -271,7 +272,7 @@ class Daemon:
     def _started(self, name: str) -> None:
         self._activity = (f"the reconcile of {name}", self.rt.clock.monotonic())
 
-    def _unchanged(self, name: str, fingerprint: Fingerprint | None) -> bool:
+    def _unchanged(self, name: str, fingerprint: str | None) -> bool:
         """Applied before with the same content and inputs, and nothing since went wrong."""
         if fingerprint is None or self._applied.get(name) != fingerprint:
             return False
@@ -334,18 +335,3 @@ class Daemon:
             again |= self._waiting  # their identical requests may have been answered now
         if again:
             self.reconcile(set(), again=again)
-
-
-Fingerprint = tuple[str, tuple[tuple[str, int, int], ...]]
-
-
-def _fingerprint(item: LoadedManifest) -> Fingerprint | None:
-    """The manifest's digest and its input files' (path, mtime, size); None if unknowable."""
-    try:
-        files = sources.input_files(item.manifest, base_dir=item.base_dir, root=item.root)
-        if files is None:
-            return None
-        stats = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-    except (ManifestError, OSError):
-        return None
-    return item.digest, stats

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import crashpoints
 from runner.adapters import ledger, sources
-from runner.adapters.state import JobRow
+from runner.adapters.state import JobRow, ManifestRow
 from runner.core.lifecycle import Phase
 from runner.core.loader import LoadedManifest
 from runner.core.pricing import Storage
@@ -22,7 +23,7 @@ from runner.core.requests import token_contents
 from runner.engine import caching, integrity, lifecycle
 from runner.engine.lifecycle import result_path
 from runner.engine.runtime import Runtime, fields, log
-from runner.engine.validate import locate
+from runner.engine.validate import HANDOVER, SetRecord, Settled, fingerprint, locate
 from runner.errors import BackendError, ManifestError, StoreBusyError
 
 COUNT_TOKENS_SAMPLE = 5
@@ -57,6 +58,7 @@ class ManifestPlan:
     cache_digest: str | None = None
     blocked: str | None = None
     notes: list[str] = field(default_factory=list)
+    record: SetRecord | None = None  # what the set was built from, kept beside it on apply
 
 
 def version_of(loaded: LoadedManifest) -> str:
@@ -66,52 +68,66 @@ def version_of(loaded: LoadedManifest) -> str:
 def plan_manifest(
     rt: Runtime, loaded: LoadedManifest, *, count_tokens: bool = True
 ) -> ManifestPlan:
-    """What applying ``loaded`` would submit, with estimates. Writes only under ``rt.work_dir``."""
+    """What applying ``loaded`` would submit, with estimates. Writes only under ``rt.work_dir``.
+
+    The request set is built only when no set of exactly these inputs exists: the recorded
+    one (``SetRecord``: same fingerprint) is used as it is, and one validation just built
+    is taken over (``HANDOVER``). The diff is skipped too when the recorded set was settled
+    against the same ledger and no job of the manifest is live (``_settled_diff``).
+    """
     manifest = loaded.manifest
     name = manifest.name
     sets = rt.sets_dir(name)
     sets.mkdir(parents=True, exist_ok=True)
-    building = sets / "building.parquet"
     try:
         cache = (
             caching.prepare(rt, loaded, count_tokens=count_tokens)
             if manifest.spec.cache is not None
             else None
         )
-        sources.build_requests(
-            manifest,
-            base_dir=loaded.base_dir,
-            root=loaded.root,
-            out=building,
-            cache_digest=cache.digest if cache else "",
-            forbidden=rt.private,
-            cancel=rt.stop,
+        cache_digest = cache.digest if cache else ""
+        handed = HANDOVER.take(loaded, cache_digest)  # validation's, moments ago
+        stamp, built = (
+            handed
+            if handed is not None
+            else (fingerprint(loaded, cache_digest=cache_digest, forbidden=rt.private), None)
         )
+        previous_row = rt.state.manifest(name)
+        previous = (
+            Path(previous_row.request_set) if previous_row and previous_row.request_set else None
+        )
+        record = _recorded(previous_row, previous, stamp)
+        if record is not None and previous is not None:
+            desired, set_digest = previous, record.set_digest
+            if built is not None:
+                built.unlink(missing_ok=True)
+        else:
+            desired, set_digest = _build(rt, loaded, sets, built, cache_digest)
     except ManifestError as exc:
         raise locate(loaded, exc) from exc
-    set_digest = ledger.set_digest(building)
-    desired = sets / f"{set_digest}.parquet"
-    building.replace(desired)
 
-    previous_row = rt.state.manifest(name)
-    previous = Path(previous_row.request_set) if previous_row and previous_row.request_set else None
     live = rt.state.jobs(manifest=name, live=True)
     to_submit = sets / "to_submit.parquet"
     to_reuse = sets / "to_reuse.parquet"
     reuse = manifest.spec.policy.reuse_answers
-    diff = ledger.diff(
-        desired=desired,
-        ledger_dir=rt.ledger_dir(name),
-        in_flight=[Path(job.request_file) for job in live],
-        previous=previous,
-        retries=manifest.spec.policy.retries,
-        out=to_submit,
-        answers=sorted(rt.answers_dir().glob("*.parquet")) if reuse else None,
-        elsewhere=[Path(j.request_file) for j in rt.state.jobs(live=True) if j.kind == "batch"]
-        if reuse
-        else None,
-        reuse_out=to_reuse,
-    )
+    ledger_dir = rt.ledger_dir(name)
+    # read before the diff: a ledger written meanwhile then differs from the one recorded
+    ledger_now = ledger.ledger_digest(ledger_dir) if stamp is not None and not live else None
+    diff = _settled_diff(record, ledger_now) if record is not None else None
+    if diff is None:
+        diff = ledger.diff(
+            desired=desired,
+            ledger_dir=ledger_dir,
+            in_flight=[Path(job.request_file) for job in live],
+            previous=previous,
+            retries=manifest.spec.policy.retries,
+            out=to_submit,
+            answers=sorted(rt.answers_dir().glob("*.parquet")) if reuse else None,
+            elsewhere=[Path(j.request_file) for j in rt.state.jobs(live=True) if j.kind == "batch"]
+            if reuse
+            else None,
+            reuse_out=to_reuse,
+        )
     limit = manifest.spec.policy.max_requests_per_job or rt.settings.max_requests_per_job
     chunks = (
         ledger.chunk(
@@ -152,6 +168,14 @@ def plan_manifest(
             f"estimated cost ${estimate.cost_usd:.4f} plus ${spent:.4f} already spent exceeds "
             f"policy.max_cost_usd ${cap:.2f}; nothing submitted"
         )
+    settled = None
+    if ledger_now is not None and _is_settled(diff, reuse=reuse):
+        settled = Settled(
+            ledger=ledger_now,
+            total=diff.total,
+            unchanged=diff.unchanged,
+            exhausted=diff.exhausted,
+        )
     return ManifestPlan(
         name=name,
         table=manifest.table,
@@ -167,7 +191,76 @@ def plan_manifest(
         cache_digest=cache.digest if cache else None,
         blocked=blocked,
         notes=notes,
+        record=SetRecord(fingerprint=stamp, set_digest=set_digest, settled=settled)
+        if stamp is not None
+        else None,
     )
+
+
+def _build(
+    rt: Runtime, loaded: LoadedManifest, sets: Path, built: Path | None, cache_digest: str
+) -> tuple[Path, str]:
+    """The manifest's request set, ``built`` by validation or built now; (path, digest)."""
+    building = sets / "building.parquet"
+    if built is not None:
+        shutil.move(built, building)
+    else:
+        sources.build_requests(
+            loaded.manifest,
+            base_dir=loaded.base_dir,
+            root=loaded.root,
+            out=building,
+            cache_digest=cache_digest,
+            forbidden=rt.private,
+            cancel=rt.stop,
+        )
+    set_digest = ledger.set_digest(building)
+    desired = sets / f"{set_digest}.parquet"
+    building.replace(desired)
+    return desired, set_digest
+
+
+def _recorded(
+    row: ManifestRow | None, request_set: Path | None, stamp: str | None
+) -> SetRecord | None:
+    """The record of the manifest's recorded set when it was built from exactly these
+    inputs and is the set its table shows (an unshown one is applied again)."""
+    if row is None or request_set is None or stamp is None:
+        return None
+    record = SetRecord.read(request_set)
+    if record is None or record.fingerprint != stamp or record.set_digest != row.set_digest:
+        return None
+    return record
+
+
+def _settled_diff(record: SetRecord, ledger_now: str | None) -> ledger.RowDiff | None:
+    """The diff of a settled set whose ledger is as it was then (``ledger_now``, None while
+    a job of the manifest is live): nothing to do."""
+    settled = record.settled
+    if settled is None or ledger_now is None or ledger_now != settled.ledger:
+        return None
+    return ledger.RowDiff(
+        total=settled.total,
+        unchanged=settled.unchanged,
+        in_flight=0,
+        reused=0,
+        waiting=0,
+        new=0,
+        changed=0,
+        retry=0,
+        exhausted=settled.exhausted,
+        removed=0,  # the previous set is this set
+        submit_requests=0,
+        submit_bytes=0,
+        submit_chars=0,
+    )
+
+
+def _is_settled(diff: ledger.RowDiff, *, reuse: bool) -> bool:
+    """Nothing to do, and nothing that another manifest's answers could change: a row out
+    of retries may still be answered from the answer store while reuse is on."""
+    done = diff.unchanged + (0 if reuse else diff.exhausted)
+    return diff.removed == 0 and done == diff.total
 
 
 def _estimate(
@@ -267,6 +360,8 @@ def apply_manifest(rt: Runtime, loaded: LoadedManifest) -> ManifestPlan:
         last_error=plan.blocked or (None if shown else f"{integrity.BUSY}: view not yet switched"),
         policy=manifest.spec.policy.model_dump_json(),
     )
+    if plan.record is not None and shown:
+        plan.record.write(plan.desired)
     _drop_old_sets(rt.sets_dir(plan.name), keep=plan.desired)
     if previous is not None and previous.digest != loaded.digest:
         _retire_old_version(
@@ -389,6 +484,7 @@ def _drop_old_sets(sets: Path, *, keep: Path) -> None:
         named_by_digest = len(path.stem) == 64 and all(c in "0123456789abcdef" for c in path.stem)
         if named_by_digest and path != keep:
             path.unlink(missing_ok=True)
+            SetRecord.path_for(path).unlink(missing_ok=True)
 
 
 def _retire_old_version(rt: Runtime, name: str, *, keep: str, cancel: bool) -> None:

@@ -4,11 +4,14 @@ DuckDB and SQLite; the watcher and the HTTP path are covered by tests/e2e/test_w
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from runner.adapters import sources
 from runner.adapters.watcher import ManifestWatcher
 from runner.core.clock import FakeClock
 from runner.core.lifecycle import Phase
@@ -80,6 +83,56 @@ def test_a_resync_applies_only_manifests_whose_content_or_data_changed(
     applied.clear()
     d.reconcile(set(), again={"inline"})  # a job of inline's was ingested: look again
     assert applied == ["inline"]
+
+
+def test_a_data_file_rewritten_with_the_same_size_and_mtime_is_applied_again_on_resync(
+    rt: Runtime,
+    tmp_path: Path,
+    applied: list[str],
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    data = root / "data.csv"
+    data.write_text("n\n1\n2\n")
+    (root / "file.yaml").write_text(
+        "model: gemini-2.5-flash\nsource: {path: data.csv, key: n}\n"
+        "prompt: {template: 'Number {{ n }}'}\n"
+    )
+    d = daemon(rt, root)
+    d.reconcile(None)
+    before = data.stat()
+    data.write_text("n\n1\n3\n")  # same size; the mtime is put back below
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    d.reconcile(None)
+    assert applied == ["file", "file"]  # the content digest differs
+    assert rt.state.manifest("file") is not None
+    assert sorted(j.requests for j in rt.state.jobs(manifest="file")) == [1, 2]
+
+
+def test_a_manifest_applied_again_unchanged_is_not_built_again(
+    rt: Runtime, tmp_path: Path, applied: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "data.csv").write_text("n\n1\n2\n")
+    (root / "file.yaml").write_text(
+        "model: gemini-2.5-flash\nsource: {path: data.csv, key: n}\n"
+        "prompt: {template: 'Number {{ n }}'}\n"
+    )
+    builds: list[str] = []
+    real = sources.build_requests
+
+    def counting(manifest: Any, **kwargs: Any) -> Any:
+        builds.append(manifest.name)
+        return real(manifest, **kwargs)
+
+    monkeypatch.setattr(sources, "build_requests", counting)
+    d = daemon(rt, root)
+    d.reconcile(None)
+    assert builds == ["file"]  # validation built it; the apply took it over
+    d.reconcile(set(), again={"file"})  # a job came back with failed lines: apply again
+    assert applied == ["file", "file"]
+    assert builds == ["file"]  # the inputs are those of the recorded set: nothing rebuilt
 
 
 def test_an_invalid_manifest_restored_to_its_last_good_content_is_applied_again(
