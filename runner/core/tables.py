@@ -63,6 +63,19 @@ def clash(table: str, other: str) -> str | None:
     return None
 
 
+def keys(table: str) -> frozenset[str]:
+    """What an index over many tables files ``table`` under: its fixed names, and each name
+    that comes before a ``_until_`` in them. Two tables that ``clash`` share a key (a
+    property test checks it), so a lookup by key finds every table worth asking about."""
+    found = set(derived(table))
+    for name in derived(table):
+        at = name.find(RETIRED)
+        while at != -1:
+            found.add(name[:at])
+            at = name.find(RETIRED, at + 1)
+    return frozenset(found)
+
+
 def reserved(table: str) -> str | None:
     """Why ``table`` may not be used at all (None when it may)."""
     if table.startswith(BOOKKEEPING) or history(table).startswith(BOOKKEEPING):

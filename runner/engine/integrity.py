@@ -137,6 +137,10 @@ def check_names(
         (o.table_name, o.manifest, o.path, o.since) for o in owners
     ]
     claims += [(i.manifest.table, i.manifest.name, str(i.path), None) for i in loaded]
+    by_key: dict[str, list[int]] = {}  # only claims that share a key can clash: no n x n
+    for index, claim in enumerate(claims):
+        for key in tables.keys(claim[0]):
+            by_key.setdefault(key, []).append(index)
     problems: dict[str, ManifestError] = {}
     for item in loaded:
         name, table = item.manifest.name, item.manifest.table
@@ -152,7 +156,8 @@ def check_names(
             continue
         mine = recorded.get(table)
         since = mine.since if mine is not None and mine.manifest == name else None
-        for other_table, other, path, other_since in claims:
+        near = sorted({i for key in tables.keys(table) for i in by_key.get(key, ())})
+        for other_table, other, path, other_since in (claims[i] for i in near):
             if other == name or (
                 since is not None and (other_since is None or other_since > since)
             ):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.core import tables
 
@@ -43,3 +45,22 @@ def test_every_derived_name_is_owned_by_its_table() -> None:
     for name in tables.derived("t"):
         assert tables.clash(name, "t") is not None
     assert tables.retired("t_history", "1") == "t_history_until_1"
+
+
+# names built from the fragments that make tables meet, so clashes are common
+_fragment = st.sampled_from(["t", "u", "_history", "_sources", "_current_keys", "_until_", "x"])
+_name = st.lists(_fragment, min_size=1, max_size=5).map("".join)
+
+
+@given(_name, _name)
+@settings(max_examples=3000, deadline=None)
+def test_tables_that_clash_always_share_a_key(table: str, other: str) -> None:
+    """``keys`` is what an index over many tables looks names up by: it may find tables that
+    do not clash, never miss one that does."""
+    if tables.clash(table, other) is not None:
+        assert tables.keys(table) & tables.keys(other)
+
+
+def test_a_table_shares_no_key_with_tables_apart() -> None:
+    assert not tables.keys("cities") & tables.keys("towns")
+    assert not tables.keys("t") & tables.keys("tt_history")
