@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -444,9 +444,18 @@ class PgState:
             raise StoreError(f"no job {job_id}")
         return JobRow(*rows[0])
 
-    def jobs(self, *, manifest: str | None = None, live: bool | None = None) -> list[JobRow]:
+    def jobs(
+        self,
+        *,
+        manifest: str | None = None,
+        live: bool | None = None,
+        phases: Collection[Phase] | None = None,
+    ) -> list[JobRow]:
         where: list[str] = []
         args: list[Any] = []
+        if phases is not None:
+            where.append("phase = any(%s)")
+            args.append([p.value for p in phases])
         if manifest is not None:
             where.append("manifest = %s")
             args.append(manifest)

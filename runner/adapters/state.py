@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -424,8 +424,18 @@ class StateStore:
             raise StoreError(f"no job {job_id}")
         return JobRow(*found)
 
-    def jobs(self, *, manifest: str | None = None, live: bool | None = None) -> list[JobRow]:
-        where, args = [], []
+    def jobs(
+        self,
+        *,
+        manifest: str | None = None,
+        live: bool | None = None,
+        phases: Collection[Phase] | None = None,
+    ) -> list[JobRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if phases is not None:
+            where.append(f"phase in ({', '.join('?' for _ in phases) or 'null'})")
+            args.extend(p.value for p in phases)
         if manifest is not None:
             where.append("manifest = ?")
             args.append(manifest)

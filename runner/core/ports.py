@@ -182,7 +182,15 @@ class State(Protocol):
         ...
 
     def job(self, job_id: int) -> JobRow: ...
-    def jobs(self, *, manifest: str | None = None, live: bool | None = None) -> list[JobRow]: ...
+    def jobs(
+        self,
+        *,
+        manifest: str | None = None,
+        live: bool | None = None,
+        phases: Collection[Phase] | None = None,
+    ) -> list[JobRow]:
+        """Jobs by id; ``phases`` filters in the store (the cycle asks for few of many)."""
+        ...
 
     # context caches
     def add_cache(

@@ -35,9 +35,7 @@ class IngestReport:
 def ingest_ready(rt: Runtime, manifests: dict[str, LoadedManifest]) -> IngestReport:
     """Ingest every downloaded job; the manifest gives the table and schema."""
     report = IngestReport()
-    for job in rt.state.jobs(live=True):
-        if job.phase is not Phase.DOWNLOADED:
-            continue
+    for job in rt.state.jobs(phases=(Phase.DOWNLOADED,)):
         loaded = manifests.get(job.manifest)
         row = rt.state.manifest(job.manifest)
         table = loaded.manifest.table if loaded else (row.table_name if row else job.manifest)
@@ -145,10 +143,10 @@ def delete_unneeded_media(rt: Runtime) -> None:
     if not uploads:
         return
     needed: set[str] = set()
-    for job in rt.state.jobs(live=True):
-        if job.phase in (Phase.PLANNED, Phase.UPLOADED, Phase.SUBMITTING, Phase.SUBMITTED):
-            path = Path(job.request_file)
-            needed |= {sha for sha, _, _ in media.files_of(path, media.media_columns(path))}
+    to_run = (Phase.PLANNED, Phase.UPLOADED, Phase.SUBMITTING, Phase.SUBMITTED)
+    for job in rt.state.jobs(phases=to_run):
+        path = Path(job.request_file)
+        needed |= {sha for sha, _, _ in media.files_of(path, media.media_columns(path))}
     for sha, name, _, _ in uploads:
         if sha in needed or not name:
             continue

@@ -83,19 +83,17 @@ def submit_pending(rt: Runtime, *, manifests: set[str] | None = None) -> SubmitR
     report = SubmitReport()
     pending = [
         job
-        for job in rt.state.jobs(live=True)
-        if job.phase in TO_SUBMIT
-        and job.kind == "batch"
-        and (manifests is None or job.manifest in manifests)
+        for job in rt.state.jobs(phases=TO_SUBMIT)
+        if job.kind == "batch" and (manifests is None or job.manifest in manifests)
     ]
     if not pending:
         return report
     found = _look_for(rt, {j.display_name for j in pending if j.phase is Phase.SUBMITTING})
     if found is None:  # the listing failed: no lost create may be created blindly now
         pending = [j for j in pending if j.phase is not Phase.SUBMITTING]
-        report.waiting += sum(1 for j in rt.state.jobs(live=True) if j.phase is Phase.SUBMITTING)
+        report.waiting += len(rt.state.jobs(phases=(Phase.SUBMITTING,)))
         found = {}
-    submitted = [j for j in rt.state.jobs(live=True) if j.phase is Phase.SUBMITTED]
+    submitted = rt.state.jobs(phases=(Phase.SUBMITTED,))
     in_flight = len(submitted)
     enqueued: dict[str, int] = {}
     for job in submitted:
@@ -372,9 +370,7 @@ def _record_created(rt: Runtime, job: JobRow, remote: RemoteJob, *, adopted: boo
 def poll(rt: Runtime) -> None:
     """Refresh every submitted job from one bounded listing, then step each one."""
     watching = {
-        job.remote_name: job
-        for job in rt.state.jobs(live=True)
-        if job.phase is Phase.SUBMITTED and job.remote_name
+        job.remote_name: job for job in rt.state.jobs(phases=(Phase.SUBMITTED,)) if job.remote_name
     }
     if not watching:
         return

@@ -73,6 +73,9 @@ def test_intents_are_recorded_once_and_move_only_along_the_lifecycle(store: Stat
     moved = store.transition(jobs[1].id, Phase.UPLOADED, input_file="files/x", inline=1)
     assert (moved.phase, moved.input_file, moved.inline) == (Phase.UPLOADED, "files/x", 1)
     assert [j.remote_name for j in store.jobs(live=True)] == ["batches/1", None]
+    assert [j.intent for j in store.jobs(phases=(Phase.SUBMITTED,))] == ["a"]
+    assert [j.intent for j in store.jobs(phases=(Phase.UPLOADED, Phase.SUBMITTED))] == ["a", "b"]
+    assert store.jobs(phases=()) == [] and store.jobs(manifest="x", phases=(Phase.UPLOADED,)) == []
     walk(store, jobs[1].id, [Phase.SUBMITTING, Phase.SUBMITTED, Phase.DOWNLOADED])  # type: ignore[arg-type]
     store.transition(jobs[1].id, Phase.INGESTED)
     assert [j.intent for j in store.jobs(live=False)] == ["b"]
