@@ -16,14 +16,12 @@ Constructed by the CLI; called by the engine.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx2
@@ -31,6 +29,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from runner.adapters.sdk_calls import SdkCalls
 from runner.core import failures
 from runner.core.atomic import replacing
 from runner.core.jobs import INLINE_MAX_REQUESTS, JobState, RemoteJob
@@ -43,8 +42,6 @@ from runner.errors import (
     UnclearCreateError,
 )
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 JSONL_MIME = "application/jsonl"
 PROCESSING_WAIT_S = 600.0  # how long an upload may stay PROCESSING (video) before we retry
 PROCESSING_POLL_S = 2.0
@@ -52,7 +49,7 @@ PROCESSING_POLL_S = 2.0
 CREATE_METHODS = {"generate": "batchGenerateContent", "embed": "asyncBatchEmbedContent"}
 
 
-class GeminiBackend:
+class GeminiBackend(SdkCalls):
     """The Batch API through google-genai. ``api_key`` is held by the SDK client only."""
 
     def __init__(
@@ -68,12 +65,8 @@ class GeminiBackend:
         options = types.HttpOptions(api_version=api_version, timeout=int(timeout_s * 1000))
         if base_url:
             options.base_url = base_url
-        self._client = genai.Client(api_key=api_key, http_options=options)
-        # Named in connection errors: the SDK's resolved one (argument, env var or Google's).
-        self.base_url = str(self._client._api_client._http_options.base_url or "").rstrip("/")
-        self._retry = retry or failures.RetryPolicy()
-        self._sleep = sleep
-        self.api_errors: Counter[str] = Counter()  # read by the metrics endpoint
+        client = genai.Client(api_key=api_key, http_options=options)
+        super().__init__(client, retry=retry, sleep=sleep, translate=_translate)
 
     # -- files -------------------------------------------------------------------------------
     def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
@@ -336,38 +329,6 @@ class GeminiBackend:
     def delete_cache(self, name: str) -> None:
         delete = _gone_is_fine(lambda: self._client.caches.delete(name=name))
         self._read(delete, what=f"delete {name}")
-
-    # -- plumbing ----------------------------------------------------------------------------
-    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call through the SDK's client (its auth, base URL, version and timeout)."""
-        reply = self._client._api_client.request(method, path, body or {})
-        parsed = json.loads(reply.body) if reply.body else {}
-        if not isinstance(parsed, dict):
-            raise json.JSONDecodeError("not a JSON object", str(reply.body)[:200], 0)
-        return parsed
-
-    def _raw_get(self, path: str) -> dict[str, Any]:
-        return self._read(lambda: self._raw("get", path), what=f"GET {path}")
-
-    def _read(self, call: Callable[[], T], *, what: str) -> T:
-        """Run an idempotent call, retrying transient failures with back-off."""
-        for attempt in range(1, self._retry.attempts + 1):
-            try:
-                return call()
-            except Exception as exc:
-                error = self._translated(exc, what)
-                if not isinstance(error, TransientBackendError) or attempt == self._retry.attempts:
-                    raise error from exc
-                delay = self._retry.wait(attempt, hinted=error.delay)
-                log.warning("%s: %s; retry %d in %.1fs", what, error, attempt, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _translated(self, exc: Exception, what: str) -> BackendError:
-        """``_translate``, counted in ``api_errors`` by HTTP code (or status) for metrics."""
-        error = _translate(exc, what, base_url=self.base_url)
-        self.api_errors[str(error.code) if error.code else error.status or "transport"] += 1
-        return error
 
 
 def _translate(exc: Exception, what: str, *, base_url: str) -> BackendError:

@@ -38,15 +38,13 @@ import base64
 import binascii
 import contextlib
 import json
-import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import google.auth
@@ -63,6 +61,7 @@ from google.genai import types
 from google.oauth2.credentials import Credentials as TokenCredentials
 
 from runner.adapters.gemini import _may_have_created, _retry_delay
+from runner.adapters.sdk_calls import SdkCalls
 from runner.core import failures
 from runner.core.atomic import replacing
 from runner.core.jobs import JobState, RemoteJob
@@ -78,8 +77,6 @@ from runner.errors import (
     UnclearCreateError,
 )
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 JSONL_MIME = "application/jsonl"
 API_VERSION = "v1"  # batchPredictionJobs are GA in v1 (the SDK's vertex default is v1beta1)
@@ -307,7 +304,7 @@ def credentials_from(access_token: str | None) -> tuple[Credentials, str | None]
     return found, project
 
 
-class VertexBackend:
+class VertexBackend(SdkCalls):
     """Gemini batch prediction on Vertex AI. Credentials are held by the clients only."""
 
     def __init__(
@@ -325,21 +322,17 @@ class VertexBackend:
         options = types.HttpOptions(api_version=API_VERSION, timeout=int(timeout_s * 1000))
         if base_url:
             options.base_url = base_url
-        self._client = genai.Client(
+        client = genai.Client(
             vertexai=True,
             project=project,
             location=location,
             credentials=credentials,
             http_options=options,
         )
+        super().__init__(client, retry=retry, sleep=sleep, translate=_translate)
         self._storage = storage.Client(project=project, credentials=credentials)
         self.staging = staging
-        # Named in connection errors: the SDK's resolved one (argument or Google's).
-        self.base_url = str(self._client._api_client._http_options.base_url or "").rstrip("/")
         self._timeout_s = timeout_s
-        self._retry = retry or failures.RetryPolicy()
-        self._sleep = sleep
-        self.api_errors: Counter[str] = Counter()  # read by the metrics endpoint
 
     # -- files (Cloud Storage objects) -------------------------------------------------------
     def upload_jsonl(self, path: Path, *, display_name: str) -> UploadedFile:
@@ -570,38 +563,6 @@ class VertexBackend:
 
     def delete_cache(self, name: str) -> None:
         return None  # none was ever made here
-
-    # -- plumbing ----------------------------------------------------------------------------
-    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call through the SDK's client (auth, project/location, version, timeout)."""
-        reply = self._client._api_client.request(method, path, body or {})
-        parsed = json.loads(reply.body) if reply.body else {}
-        if not isinstance(parsed, dict):
-            raise json.JSONDecodeError("not a JSON object", str(reply.body)[:200], 0)
-        return parsed
-
-    def _raw_get(self, path: str) -> dict[str, Any]:
-        return self._read(lambda: self._raw("get", path), what=f"GET {path}")
-
-    def _read(self, call: Callable[[], T], *, what: str) -> T:
-        """Run an idempotent call, retrying transient failures with back-off."""
-        for attempt in range(1, self._retry.attempts + 1):
-            try:
-                return call()
-            except Exception as exc:
-                error = self._translated(exc, what)
-                if not isinstance(error, TransientBackendError) or attempt == self._retry.attempts:
-                    raise error from exc
-                delay = self._retry.wait(attempt, hinted=error.delay)
-                log.warning("%s: %s; retry %d in %.1fs", what, error, attempt, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _translated(self, exc: Exception, what: str) -> BackendError:
-        """``_translate``, counted in ``api_errors`` by HTTP code (or status) for metrics."""
-        error = _translate(exc, what, base_url=self.base_url)
-        self.api_errors[str(error.code) if error.code else error.status or "transport"] += 1
-        return error
 
 
 def _translate(exc: Exception, what: str, *, base_url: str) -> BackendError:
