@@ -40,7 +40,6 @@ def test_each_process_spills_into_a_directory_of_its_own_removed_at_exit() -> No
     assert not Path(other[1]).exists()  # the other process removed its own at exit
 
 
-
 def test_files_are_written_in_small_row_groups_so_an_append_does_not_rewrite_much(
     tmp_path: Path,
 ) -> None:
