@@ -7,7 +7,8 @@ interleaved, ``--repeat`` times:
 
 * ``ours``    - ``runner.adapters.duck.open_file`` (the file attached with
   ``ROW_GROUP_SIZE`` rows per row group);
-* ``default`` - ``duckdb.connect(path)``: DuckDB's default row group (122,880 rows).
+* ``default`` - ``duckdb.connect(path)`` with the same settings: the opener before
+  ``ROW_GROUP_SIZE``, DuckDB's default row group (122,880 rows).
 
 Each method appends ``--jobs`` jobs of ``--rows`` rows shaped like history rows (key, job,
 a ~0.5 KB JSON response, cost) to a fresh file; the time per job (insert + commit + close)
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import duckdb
 
-from runner.adapters.duck import ROW_GROUP_SIZE, open_file
+from runner.adapters.duck import _FILE_CONFIG, ROW_GROUP_SIZE, open_file
 
 
 def job_rows(job: int, rows: int) -> str:
@@ -63,7 +64,7 @@ def append(
 
 METHODS: dict[str, Callable[[Path], duckdb.DuckDBPyConnection]] = {
     "ours": lambda path: open_file(path, read_only=False),
-    "default": lambda path: duckdb.connect(str(path), config={"memory_limit": "300MB"}),
+    "default": lambda path: duckdb.connect(str(path), config=_FILE_CONFIG),
 }
 
 

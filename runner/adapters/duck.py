@@ -145,7 +145,7 @@ def open_file(path: Path, *, read_only: bool, wait_s: float = 0.0) -> Connection
 # that appends less than a row group goes through the WAL, and the checkpoint at close then
 # rewrites the table's last, partial row group whole: appending 50k-row jobs to a results
 # file cost 0.25-1.9 s per close at the default, 0.02 s at this size, and the file came out
-# 37 MB instead of 67 MB for 400k rows (bench/append_jobs.py: 2.3x per 50k-row job, 1.3x
+# 37 MB instead of 67 MB for 400k rows (bench/append_jobs.py: 2.2x per 50k-row job, 1.3x
 # per 20k, even at 5k).
 ROW_GROUP_SIZE = 16384
 
